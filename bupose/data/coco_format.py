@@ -273,7 +273,8 @@ class CocoKeypointDataset:
                 raise DataError(f"{where}: 'keypoints' has a non-finite value at position {bad} "
                                 f"(keypoint {bad // 3}), expected finite numbers")
             kp = kp.reshape(k, 3)
-            if not np.isin(kp[:, 2], (0, 1, 2)).all():
+            vis = kp[:, 2]
+            if not ((vis == 0) | (vis == 1) | (vis == 2)).all():
                 raise DataError(f"{where}: keypoint visibilities {kp[:, 2].tolist()} must each be 0, 1 or 2")
         elif not crowd:
             raise DataError(f"{where}: no 'keypoints' field (expected {3 * k} numbers for layout "

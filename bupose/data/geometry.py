@@ -57,6 +57,7 @@ import numpy as np
 
 SizeLike = Union[int, float, Sequence[float]]
 MODES = ("area", "udp")
+STRIDE_MODES = ("area", "udp", "corner")
 
 __all__ = [
     "MODES", "as_matrix", "to_homogeneous", "identity", "compose", "invert", "translation_matrix", "scale_matrix",
@@ -215,11 +216,16 @@ def stride_matrix(stride: int, mode: str = "area", input_size: SizeLike | None =
 
     ``"udp"``: ``x_out = x_in * (n_in / stride - 1) / (n_in - 1)`` (UDP); needs ``input_size`` (``(width,
     height)``, each a multiple of ``stride``) because the factor depends on it.
+
+    ``"corner"``: ``x_out = x_in / stride`` (heatmap pixel ``h`` sits at input ``stride * h``): the convention of
+    HigherHRNet and DEKR, whose checkpoints were trained with it and whose test code multiplies by the stride.
     """
     if int(stride) != stride or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
     if mode == "area":
         return scale_matrix(1.0 / stride, 1.0 / stride, center=(-0.5, -0.5))
+    if mode == "corner":
+        return scale_matrix(1.0 / stride, 1.0 / stride)
     if mode == "udp":
         if input_size is None:
             raise ValueError("stride_matrix(mode='udp') needs input_size=(width, height)")
@@ -227,7 +233,7 @@ def stride_matrix(stride: int, mode: str = "area", input_size: SizeLike | None =
         if w % stride or h % stride:
             raise ValueError(f"input_size {(w, h)} is not a multiple of stride {stride}")
         return resize_matrix((w, h), (w // stride, h // stride), mode="udp")
-    raise ValueError(f"unknown stride mode {mode!r}; expected one of {MODES}")
+    raise ValueError(f"unknown stride mode {mode!r}; expected one of {STRIDE_MODES}")
 
 
 def letterbox_matrix(src_size: SizeLike, input_size: SizeLike = 640, stride: int = 32, auto: bool = False,
@@ -235,8 +241,8 @@ def letterbox_matrix(src_size: SizeLike, input_size: SizeLike = 640, stride: int
     """YOLOv5-style letterbox: scale by one factor to fit ``input_size``, then pad (as a matrix).
 
     The image is scaled by ``r = min(w_in / W, h_in / H)`` (capped at 1 unless ``scaleup``) in the ``"area"``
-    convention, and padded by a whole number of pixels: centred if ``center`` (the left / top pad is the floor of
-    half the slack), else on the right / bottom only.
+    convention, and padded by a whole number of pixels: centred if ``center`` (the left / top pad is half the slack,
+    rounded), else on the right / bottom only.
 
     Args:
         src_size: ``(W, H)`` of the image.
@@ -259,7 +265,7 @@ def letterbox_matrix(src_size: SizeLike, input_size: SizeLike = 640, stride: int
     else:
         ow, oh = iw, ih
     if center:
-        left, top = math.floor((ow - cw) / 2.0 + 1e-9), math.floor((oh - ch) / 2.0 + 1e-9)
+        left, top = math.floor((ow - cw) / 2.0 + 0.5), math.floor((oh - ch) / 2.0 + 0.5)
     else:
         left = top = 0
     m = compose(scale_matrix(r, r, center=(-0.5, -0.5)), translation_matrix(left, top))
