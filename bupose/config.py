@@ -75,10 +75,20 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DATASET.PHOTOMETRIC", True, "photometric augmentation (colour, blur, noise) during training"),
     _opt("DATASET.SYNTHETIC_TRAIN_IMAGES", 1600, "synthetic dataset: training images to generate"),
     _opt("DATASET.SYNTHETIC_VAL_IMAGES", 400, "synthetic dataset: validation images to generate"),
+    _opt("DATASET.SIGMA", 2.0, "Gaussian sigma of keypoint heatmaps, in output pixels"),
+    _opt("DATASET.CENTER_SIGMA", 4.0, "Gaussian sigma of the person-centre heatmap, in output pixels"),
+    _opt("DATASET.BG_WEIGHT", 0.1, "heatmap loss weight away from keypoints"),
+    _opt("DATASET.OFFSET_RADIUS", 4, "offsets are regressed within this many output pixels of a person's centre"),
+    _opt("DATASET.MAX_TRAIN_IMAGES", 0, "use only the first N training images (0: all); for quick experiments"),
+    _opt("DATASET.MAX_TEST_IMAGES", 0, "evaluate only the first N test images (0: all); for quick experiments"),
     # --- model ------------------------------------------------------------------------------------------------
     _opt("MODEL.NAME", "", "method and backbone, e.g. hrnet_dekr"),
     _opt("MODEL.PRETRAINED", "", "backbone weights to start from (a file path); empty for none"),
     _opt("MODEL.SPEC", {}, "method-specific structure as in the official experiment files (checked by the model)"),
+    _opt("MODEL.ADAPTIVE_CONV", "grid_sample", "DEKR adaptive convolution: grid_sample (fast, exports) or deform_conv2d"),
+    # --- losses -----------------------------------------------------------------------------------------------
+    _opt("LOSS.HEATMAPS_LOSS_FACTOR", 1.0, "weight of the heatmap loss"),
+    _opt("LOSS.OFFSETS_LOSS_FACTOR", 0.03, "weight of the offset regression loss"),
     # --- training ---------------------------------------------------------------------------------------------
     _opt("TRAIN.BEGIN_EPOCH", 0, "first epoch (resume sets it from the checkpoint)"),
     _opt("TRAIN.END_EPOCH", 140, "number of epochs"),
@@ -94,13 +104,21 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TRAIN.VAL_FREQ", 10, "validate (and keep the best checkpoint) every this many epochs"),
     _opt("TRAIN.CLIP_GRAD", 0.0, "clip the gradient norm to this value (0: no clipping)"),
     _opt("TRAIN.AMP", True, "automatic mixed precision on CUDA"),
+    _opt("TRAIN.SYNC_BN", False, "synchronised batch norm across processes (CUDA DDP only)"),
     # --- testing ----------------------------------------------------------------------------------------------
     _opt("TEST.MODEL_FILE", "", "weights to test (bupose or official checkpoint)"),
     _opt("TEST.FLIP_TEST", True, "average the mirrored image's outputs in"),
     _opt("TEST.SCALE_FACTOR", [1.0], "test scales (multiples of DATASET.INPUT_SIZE for the short image side)"),
     _opt("TEST.IMAGES_PER_GPU", 1, "test batch size"),
     _opt("TEST.MAX_NUM_PEOPLE", 30, "at most this many people per image"),
-    _opt("TEST.DETECTION_THRESHOLD", 0.01, "candidates (centres or boxes) below this score are dropped"),
+    _opt("TEST.KEYPOINT_THRESHOLD", 0.01, "candidates (DEKR: centre peaks) below this score are dropped"),
+    _opt("TEST.NMS_THRE", 0.15, "DEKR pose NMS: keypoint distance threshold relative to the pose size"),
+    _opt("TEST.NMS_NUM_THRE", 10, "DEKR pose NMS: more than this many close keypoints make a duplicate"),
+    _opt("TEST.DECREASE", 1.0, "DEKR: score factor of poses from scales other than 1"),
+    _opt("TEST.POOL_THRESHOLD1", 300, "DEKR: centre max-pool kernel 7 above this map size"),
+    _opt("TEST.POOL_THRESHOLD2", 200, "DEKR: centre max-pool kernel 5 above this map size (else 3)"),
+    _opt("TEST.FLIP_SHIFT", 3, "DEKR: input pixels the mirrored image is shifted left (aligns it to stride 4)"),
+    _opt("TEST.RESCORE_FILE", "", "DEKR rescoring-net weights (empty: scores as decoded)"),
 )
 
 _BY_KEY = {o.key: o for o in SCHEMA}

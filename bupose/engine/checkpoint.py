@@ -1,0 +1,63 @@
+"""Checkpoints: atomic saving, resuming, and loading weights from bupose or official checkpoints.
+
+A bupose training checkpoint is a dict ``{"model", "optimizer", "epoch", "best_metric", "method", "config",
+"history"}``; ``model`` holds the plain (un-wrapped) state_dict. Official checkpoints of a method are recognised by
+the method's converter and checked against the model; anything that does not fit is refused with a
+:class:`~bupose.errors.CheckpointError` that says what differs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bupose.errors import CheckpointError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` with ``torch.save`` to a temporary file, then rename it over ``path``: a run killed while
+    saving leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file onto the CPU (tensors and plain Python data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict of a model, whether or not it is wrapped in DistributedDataParallel / DataParallel."""
+    return getattr(model, "module", model).state_dict()
+
+
+def load_checkpoint(model: torch.nn.Module, checkpoint, strict: bool = True) -> torch.nn.Module:
+    """Load weights into ``model`` from a bupose checkpoint, an official checkpoint of the model's method, or a
+    state_dict (a path or an already loaded object). Returns ``model``."""
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    where = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+    target = getattr(model, "module", model)
+    method = getattr(target, "method_name", None)
+    if isinstance(raw, dict) and "method" in raw and method and raw["method"] != method:
+        raise CheckpointError(f"{where} is a {raw['method']!r} checkpoint; the model is {method!r}")
+    convert = getattr(target, "convert_checkpoint", None)
+    if convert is None:
+        raise CheckpointError(f"{type(target).__name__} has no convert_checkpoint(); cannot check {where}")
+    try:
+        state_dict = convert(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    target.load_state_dict(state_dict, strict=strict)
+    return model

@@ -1,0 +1,48 @@
+"""Run a model over a dataset split with the test engine, write COCO results and compute the metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bupose.data.build import prepare_dataset
+from bupose.evaluation import KeypointEvaluator, people_to_results, save_results
+from bupose.inference.predictor import Predictor
+
+
+def protocol_of(dataset_name: str) -> str:
+    """Evaluation protocol of a dataset name: crowdpose for CrowdPose-layout sets, else coco."""
+    return "crowdpose" if "crowdpose" in dataset_name else "ochuman" if dataset_name == "ochuman" else "coco"
+
+
+def predict_split(cfg, model, split: str, progress: bool = True, limit: int = 0) -> tuple[list[dict], object]:
+    """COCO results for every image of ``split`` (at most ``limit`` images when > 0) and the reader."""
+    reader = prepare_dataset(cfg, split, min_people=0)
+    predictor = Predictor(cfg, model)
+    n = min(len(reader), limit) if limit else len(reader)
+    results: list[dict] = []
+    for i in tqdm(range(n), desc=f"test {split}", disable=not progress, leave=False):
+        image = reader.load_image(i)
+        people = predictor.people(image)
+        results += people_to_results(reader.image_ids[i], people.keypoints, people.scores)
+    return results, reader
+
+
+def evaluate_split(cfg, model, split: str, out_file: str | Path | None = None, progress: bool = True,
+                   limit: int = 0) -> dict[str, float]:
+    """Metrics of ``model`` on ``split``; the results file is written to ``out_file`` when given."""
+    results, reader = predict_split(cfg, model, split, progress, limit)
+    if out_file is not None:
+        save_results(results, out_file)
+    gt = _subset_gt(reader.ann_file, {int(i) for i in reader.image_ids[:limit]}) if limit else reader.ann_file
+    return KeypointEvaluator(gt, protocol_of(cfg.DATASET.DATASET), sigmas=reader.spec.sigmas).evaluate(results)
+
+
+def _subset_gt(ann_file, image_ids: set[int]) -> dict:
+    import json
+
+    gt = json.loads(Path(ann_file).read_text())
+    gt["images"] = [im for im in gt["images"] if im["id"] in image_ids]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in image_ids]
+    return gt
+

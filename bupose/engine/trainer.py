@@ -1,0 +1,278 @@
+"""The one training loop, shared by every method: single process (CPU or GPU) or DistributedDataParallel under
+``torchrun``, AMP on CUDA, atomic checkpoints every epoch and resuming that repeats an interrupted epoch exactly.
+
+Reproducibility: the model is initialised from ``SEED``; the order of the training set in epoch ``e`` is a
+permutation seeded by ``(SEED, e)`` and every sample's augmentation by ``(SEED, e, index)``. A global batch is the
+same set of samples whatever the number of processes (each process takes its share of it), and the losses are
+normalised over the global batch, so a run on N processes follows the same path as one process with N times the
+batch (up to batch-norm statistics, which are per process unless ``TRAIN.SYNC_BN``).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from bupose.config import Config, save_config
+from bupose.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap_state_dict
+from bupose.inference.predictor import resolve_device
+from bupose.methods import build_method
+
+log = logging.getLogger("bupose")
+
+
+def default_output_dir(cfg: Config) -> Path:
+    name = Path(cfg.source).stem if cfg.source else "run"
+    return Path(cfg.OUTPUT_DIR) / cfg.DATASET.DATASET / name
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """This process's share of global batches of ``batch_size * world_size`` indices.
+
+    The order is a permutation seeded by ``(seed, epoch)`` (or the identity without shuffling); global batch ``b``
+    is ``order[b * B : (b + 1) * B]`` and process ``rank`` takes its ``rank``-th slice. Incomplete last batches are
+    dropped.
+    """
+
+    def __init__(self, length: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 shuffle: bool = True):
+        self.length, self.batch_size, self.world_size, self.rank = length, batch_size, world_size, rank
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        if length < batch_size * world_size:
+            raise ValueError(f"the training set has {length} images, fewer than one global batch of "
+                             f"{batch_size} x {world_size} processes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.batch_size * self.world_size
+        for b in range(len(self)):
+            start = b * total + self.rank * self.batch_size
+            yield order[start:start + self.batch_size]
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """Step schedule: ``TRAIN.LR * TRAIN.LR_FACTOR ** (number of TRAIN.LR_STEP milestones <= epoch)``."""
+    return cfg.TRAIN.LR * cfg.TRAIN.LR_FACTOR ** sum(epoch >= s for s in cfg.TRAIN.LR_STEP)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.TRAIN
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.OPTIMIZER == "adam":
+        return torch.optim.Adam(params, lr=t.LR, weight_decay=t.WD)
+    if t.OPTIMIZER == "adamw":
+        return torch.optim.AdamW(params, lr=t.LR, weight_decay=t.WD)
+    if t.OPTIMIZER == "sgd":
+        return torch.optim.SGD(params, lr=t.LR, momentum=t.MOMENTUM, weight_decay=t.WD)
+    from bupose.errors import ConfigError
+
+    raise ConfigError(f"TRAIN.OPTIMIZER {t.OPTIMIZER!r} is not one of adam, adamw, sgd")
+
+
+class Trainer:
+    """Train ``cfg``'s method; ``Trainer(cfg).train()`` returns the history (one dict per epoch).
+
+    Args:
+        cfg: the resolved config.
+        output_dir: where checkpoints, ``config.yaml``, ``metrics.csv`` and results go (default
+            ``OUTPUT_DIR/<dataset>/<config name>``).
+        resume: continue from ``output_dir/checkpoint.pth`` (or from this path when a string); by default when
+            ``TRAIN.AUTO_RESUME`` is set and a checkpoint exists.
+        on_iteration: called as ``on_iteration(epoch, iteration)`` after each optimiser step (hooks, tests).
+        progress: show tqdm bars (process 0 only).
+    """
+
+    def __init__(self, cfg: Config, output_dir: str | os.PathLike | None = None, resume: bool | str | None = None,
+                 on_iteration: Callable[[int, int], None] | None = None, progress: bool = True):
+        self.cfg = cfg
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.distributed = self.world_size > 1
+        device = resolve_device(cfg.DEVICE)
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        if device.type == "cuda" and self.distributed:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        self.device = device
+        self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
+        self.on_iteration = on_iteration
+        self.progress = progress and self.rank == 0
+
+        torch.manual_seed(cfg.SEED)
+        self.method = build_method(cfg)
+        model = self.method.build_model().to(device)
+        if self.distributed and cfg.TRAIN.SYNC_BN and device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                                              else None) if self.distributed else model)
+        self.loss_fn = self.method.loss_module()
+        self.optimizer = build_optimizer(cfg, model)
+        self.amp = cfg.TRAIN.AMP and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.dataset = self.method.train_dataset()
+        self.sampler = GlobalBatchSampler(len(self.dataset), cfg.TRAIN.IMAGES_PER_GPU, self.world_size, self.rank,
+                                          cfg.SEED, cfg.TRAIN.SHUFFLE)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
+                                                  num_workers=cfg.WORKERS, pin_memory=device.type == "cuda",
+                                                  persistent_workers=False)
+        self.start_epoch, self.best, self.history = cfg.TRAIN.BEGIN_EPOCH, -math.inf, []
+        ckpt = self.output_dir / "checkpoint.pth"
+        if isinstance(resume, str):
+            self._resume(Path(resume))
+        elif resume or (resume is None and cfg.TRAIN.AUTO_RESUME and ckpt.is_file()):
+            self._resume(ckpt)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        return {"model": unwrap_state_dict(self.ddp), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": epoch, "best_metric": self.best,
+                "history": self.history, "method": self.method.name, "config": self.cfg.to_dict()}
+
+    def _resume(self, path: Path) -> None:
+        state = read_checkpoint(path)
+        from bupose.engine.checkpoint import load_checkpoint
+
+        load_checkpoint(self.model, state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.best = state["epoch"], state["best_metric"]
+        self.history = list(state.get("history", []))
+        if self.rank == 0:
+            log.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    # -- one epoch ----------------------------------------------------------------------------------------------
+    def _all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            x = x.clone()
+            dist.all_reduce(x)
+        return x
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        lr = learning_rate(self.cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.ddp.train()
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.TRAIN.END_EPOCH}", disable=not self.progress,
+                   leave=False)
+        for it, batch in enumerate(bar):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                outputs = self.ddp(batch["image"])
+            outputs = {k: v.float() for k, v in outputs.items()}
+            losses = self.loss_fn(outputs, batch, world_size=self.world_size, all_reduce=self._all_reduce_sum)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                raise FloatingPointError(
+                    f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} ({terms}); stopping. The last "
+                    f"checkpoint {self.output_dir / 'checkpoint.pth'} is intact: lower TRAIN.LR or set "
+                    f"TRAIN.CLIP_GRAD and resume")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.TRAIN.CLIP_GRAD > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.CLIP_GRAD)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4g}")
+            if self.on_iteration is not None:
+                self.on_iteration(epoch, it)
+        row = {"epoch": epoch + 1, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()},
+               "time_s": time.perf_counter() - t0}
+        return row
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def validate(self, epoch: int) -> dict[str, float]:
+        from bupose.engine.evaluate import evaluate_split
+
+        out = self.output_dir / "results" / f"{self.cfg.DATASET.TEST_SET}_epoch{epoch + 1}.json"
+        return evaluate_split(self.cfg, self.model, self.cfg.DATASET.TEST_SET, out, progress=self.progress,
+                              limit=self.cfg.DATASET.MAX_TEST_IMAGES)
+
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        if self.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.output_dir / "config.yaml")
+        writer = _tensorboard(self.output_dir) if self.rank == 0 else None
+        for epoch in range(self.start_epoch, cfg.TRAIN.END_EPOCH):
+            row = self.train_epoch(epoch)
+            last = epoch + 1 == cfg.TRAIN.END_EPOCH
+            if self.rank == 0 and cfg.TRAIN.VAL_FREQ > 0 and ((epoch + 1) % cfg.TRAIN.VAL_FREQ == 0 or last):
+                metrics = self.validate(epoch)
+                row.update(metrics)
+                if metrics["AP"] > self.best:
+                    self.best = metrics["AP"]
+                    save_checkpoint({"model": unwrap_state_dict(self.ddp), "method": self.method.name,
+                                     "epoch": epoch + 1, "AP": self.best}, self.output_dir / "model_best.pth")
+            self.history.append(row)
+            if self.rank == 0:
+                save_checkpoint(self._state(epoch + 1), self.output_dir / "checkpoint.pth")
+                _append_csv(self.output_dir / "metrics.csv", row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch + 1)
+                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                             if k != "epoch"))
+            if self.distributed:
+                dist.barrier()
+        if self.rank == 0:
+            save_checkpoint({"model": unwrap_state_dict(self.ddp), "method": self.method.name,
+                             "epoch": cfg.TRAIN.END_EPOCH}, self.output_dir / "final_state.pth")
+            if writer is not None:
+                writer.close()
+        return self.history
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    rows = [r for r in rows if int(r["epoch"]) < row["epoch"]]  # a resumed run rewrites the epochs it repeats
+    rows.append({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _tensorboard(output_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(str(output_dir / "tensorboard"))

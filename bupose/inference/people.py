@@ -1,0 +1,40 @@
+"""The people a model finds in one image."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class People:
+    """Poses of one image.
+
+    Attributes:
+        keypoints: ``(N, K, 3)`` float: x, y in pixels of the image the poses belong to, and a per-keypoint score.
+        scores: ``(N,)`` float person scores.
+    """
+
+    keypoints: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls, num_joints: int) -> "People":
+        return cls(np.zeros((0, num_joints, 3), np.float32), np.zeros((0,), np.float32))
+
+    def __len__(self) -> int:
+        return int(self.keypoints.shape[0])
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """``(N, 4)`` ``[x, y, w, h]`` extent of each pose's keypoints."""
+        if len(self) == 0:
+            return np.zeros((0, 4), np.float32)
+        xy = self.keypoints[..., :2]
+        lo, hi = xy.min(1), xy.max(1)
+        return np.concatenate([lo, hi - lo], axis=1)
+
+    def to_list(self) -> list[dict]:
+        """``[{"keypoints": (K, 3) array, "score": float, "bbox": [x, y, w, h]}, ...]``."""
+        return [{"keypoints": kp, "score": float(s), "bbox": [float(v) for v in b]}
+                for kp, s, b in zip(self.keypoints, self.scores, self.boxes)]

@@ -1,0 +1,107 @@
+"""Official DEKR checkpoints (Geng et al., CVPR 2021; github.com/HRNet/DEKR) to bupose.
+
+bupose's :class:`~bupose.methods.dekr.model.DEKR` uses the official parameter names, so conversion is unwrapping
+(``{"state_dict": ...}``, ``{"model": ...}``), stripping DataParallel's ``module.`` prefix, and checking that the
+checkpoint fits the model, with errors that say what does not match.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from bupose.errors import CheckpointError
+
+#: keys every official DEKR state_dict has (stem, backbone stage, both heads)
+SIGNATURE_KEYS = ("conv1.weight", "layer1.0.conv1.weight", "transition1.0.0.weight", "transition_heatmap.0.weight",
+                  "head_heatmap.1.weight", "transition_offset.0.weight", "offset_final_layer.0.weight")
+
+
+def _unwrap(checkpoint) -> dict:
+    if isinstance(checkpoint, (str, os.PathLike)):
+        try:
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
+            raise CheckpointError(f"cannot read checkpoint {os.fspath(checkpoint)}: {e}") from None
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+    if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
+        raise CheckpointError(f"a checkpoint must be a dict of tensors; entries {bad} are not tensors")
+    prefix = "module."
+    if checkpoint and all(k.startswith(prefix) for k in checkpoint):
+        checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
+    return dict(checkpoint)
+
+
+def looks_official(state_dict) -> bool:
+    """Whether ``state_dict`` (possibly wrapped or ``module.``-prefixed) has the official DEKR key layout."""
+    try:
+        sd = _unwrap(state_dict)
+    except CheckpointError:
+        return False
+    return all(k in sd for k in SIGNATURE_KEYS)
+
+
+def checkpoint_num_joints(state_dict: Mapping) -> int:
+    """K of an official-layout state_dict, from its per-joint offset branches."""
+    return len({m.group(1) for k in state_dict if (m := re.match(r"offset_final_layer\.(\d+)\.", k))})
+
+
+def _shorten(keys, n: int = 8) -> str:
+    keys = sorted(keys)
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
+    """Raise CheckpointError saying what differs between ``state_dict`` (converted) and ``model``."""
+    ours = model.state_dict()
+    k_ckpt, k_model = checkpoint_num_joints(state_dict), getattr(model, "num_joints", None)
+    if k_model is not None and k_ckpt != k_model:
+        raise CheckpointError(f"offset head has {k_ckpt} joints in the checkpoint, the model has {k_model}")
+    hm = state_dict.get("head_heatmap.1.weight")
+    if hm is not None and k_model is not None and hm.shape[0] != k_model + 1:
+        raise CheckpointError(f"heatmap head has {hm.shape[0]} channels in the checkpoint, the model has "
+                              f"{k_model + 1} (K keypoints + centre)")
+    width = "transition1.0.0.weight"
+    if width in state_dict and width in ours and state_dict[width].shape[0] != ours[width].shape[0]:
+        raise CheckpointError(f"backbone is HRNet-W{state_dict[width].shape[0]} in the checkpoint, the model is "
+                              f"HRNet-W{ours[width].shape[0]} (MODEL.SPEC.STAGES.NUM_CHANNELS)")
+    missing, unexpected = set(ours) - set(state_dict), set(state_dict) - set(ours)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint and model differ in architecture: missing keys: {_shorten(missing)}; "
+                              f"unexpected keys: {_shorten(unexpected)}")
+    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
+              for k, v in state_dict.items() if v.shape != ours[k].shape]
+    if shapes:
+        raise CheckpointError(f"checkpoint and model differ in architecture: "
+                              f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:5]))
+
+
+def official_to_bupose(state_dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """An official DEKR state_dict (or a path to one; possibly ``{"state_dict": ...}``-wrapped or with the
+    ``module.`` prefix) as a state_dict for :class:`~bupose.methods.dekr.model.DEKR`. With ``model``, it is
+    also checked against it. Raises CheckpointError when it is not a DEKR checkpoint or does not fit."""
+    sd = _unwrap(state_dict)
+    absent = [k for k in SIGNATURE_KEYS if k not in sd]
+    if absent:
+        raise CheckpointError(f"not a DEKR (hrnet_dekr) checkpoint: it lacks {absent}; "
+                              f"its keys: {_shorten(sd, 5)}")
+    # bupose's names equal the official ones: the mapping is the identity
+    if model is not None:
+        check_compatible(sd, model)
+    return sd
+
+
+def load_official(model: nn.Module, checkpoint) -> nn.Module:
+    """Load an official DEKR checkpoint (state_dict, wrapped dict or path) into ``model``, checked; returns it."""
+    model.load_state_dict(official_to_bupose(checkpoint, model))
+    return model

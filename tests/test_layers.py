@@ -1,0 +1,150 @@
+"""Building blocks: residual blocks, the adaptive convolution (both implementations) and the HRNet backbone."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bupose.errors import ConfigError
+from bupose.models.backbones import HRNet
+from bupose.models.layers import (AdaptBlock, AdaptiveConv2d, BasicBlock, Bottleneck, adaptive_conv2d,
+                                  adaptive_offsets, make_layer, regular_grid, set_adaptive_impl)
+
+TINY_STAGES = {"NUM_STAGES": 3, "NUM_MODULES": [1, 1, 1], "NUM_BRANCHES": [2, 3, 4], "BLOCK": ["BASIC"] * 3,
+               "NUM_BLOCKS": [[1, 1], [1, 1, 1], [1, 1, 1, 1]],
+               "NUM_CHANNELS": [[4, 8], [4, 8, 16], [4, 8, 16, 32]], "FUSE_METHOD": ["SUM"] * 3}
+
+
+def _adaptive_case(seed=0, b=2, c=5, o=7, h=9, w=11, spread=4.0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g, dtype=dtype)
+    weight = torch.randn(o, c, 3, 3, generator=g, dtype=dtype)
+    transform = torch.eye(2, dtype=dtype).reshape(1, 4, 1, 1) + 1.5 * torch.randn(b, 4, h, w, generator=g, dtype=dtype)
+    translation = spread * torch.randn(b, 2, h, w, generator=g, dtype=dtype)
+    return x, weight, transform, translation
+
+
+def test_regular_grid_is_row_major_y_then_x():
+    assert regular_grid().tolist() == [[-1, -1, -1, 0, 0, 0, 1, 1, 1], [-1, 0, 1, -1, 0, 1, -1, 0, 1]]
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_adaptive_implementations_agree_including_points_outside(dilation):
+    x, weight, transform, translation = _adaptive_case(spread=4.0)
+    # a good share of the sampling points falls fully or partly outside the 9x11 map
+    offset = adaptive_offsets(transform, translation, dilation=dilation)
+    ys = torch.arange(9.0).view(1, 1, 9, 1) + offset[:, 0::2] + dilation * regular_grid()[0].view(1, 9, 1, 1)
+    assert ((ys <= -1) | (ys >= 9)).float().mean() > 0.1
+    a = adaptive_conv2d(x, weight, transform, translation, dilation=dilation, impl="grid_sample")
+    b = adaptive_conv2d(x, weight, transform, translation, dilation=dilation, impl="deform_conv2d")
+    assert a.shape == (2, 7, 9, 11)
+    assert (a - b).abs().max() <= 1e-4
+
+
+def test_adaptive_implementations_agree_in_float64_and_at_integer_borders():
+    x, weight, transform, translation = _adaptive_case(seed=1, dtype=torch.float64)
+    a = adaptive_conv2d(x, weight, transform, translation, impl="grid_sample")
+    b = adaptive_conv2d(x, weight, transform, translation, impl="deform_conv2d")
+    assert (a - b).abs().max() <= 1e-10
+    # integer positions exactly on and beyond the border (-1, H, W, ...)
+    t_int = torch.randint(-12, 13, translation.shape, generator=torch.Generator().manual_seed(2)).double()
+    eye = torch.eye(2, dtype=torch.float64).reshape(1, 4, 1, 1).expand_as(transform)
+    a = adaptive_conv2d(x, weight, eye, t_int, impl="grid_sample")
+    b = adaptive_conv2d(x, weight, eye, t_int, impl="deform_conv2d")
+    assert (a - b).abs().max() <= 1e-10
+
+
+def test_adaptive_gradients_agree():
+    grads = []
+    for impl in ("grid_sample", "deform_conv2d"):
+        inputs = [t.clone().requires_grad_() for t in _adaptive_case(seed=3, dtype=torch.float64)]
+        adaptive_conv2d(*inputs, impl=impl).pow(2).sum().backward()
+        grads.append([t.grad for t in inputs])
+    for ga, gb in zip(*grads):
+        assert torch.allclose(ga, gb, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
+def test_half_precision_inputs_sample_at_float32_positions(impl):
+    # at 160x160 (640 input) bfloat16 positions would be off by up to a pixel; the sampling runs in float32
+    x, weight, transform, translation = (t.bfloat16() for t in _adaptive_case(seed=5, b=1, h=160, w=160))
+    out = adaptive_conv2d(x, weight, transform, translation, impl=impl)
+    ref = adaptive_conv2d(x.float(), weight.float(), transform.float(), translation.float(), impl=impl)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
+def test_identity_transform_is_a_plain_convolution(impl):
+    x, weight, transform, translation = _adaptive_case(seed=4)
+    eye = torch.eye(2).reshape(1, 4, 1, 1).expand_as(transform)
+    for d in (1, 2):
+        out = adaptive_conv2d(x, weight, eye, torch.zeros_like(translation), dilation=d, impl=impl)
+        assert (out - F.conv2d(x, weight, padding=d, dilation=d)).abs().max() <= 1e-4
+
+
+def test_adapt_block_keys_shapes_and_impl_switch():
+    block = AdaptBlock(15, 15).eval()
+    assert set(block.state_dict()) == {
+        "regular_matrix", "transform_matrix_conv.weight", "transform_matrix_conv.bias", "translation_conv.weight",
+        "translation_conv.bias", "adapt_conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+        "bn.num_batches_tracked"}
+    x = torch.randn(2, 15, 12, 10)
+    with torch.no_grad():
+        a = block(x)
+        b = set_adaptive_impl(block, "deform_conv2d")(x)
+    assert a.shape == (2, 15, 12, 10) and (a - b).abs().max() <= 1e-4
+    assert block.adapt_conv.impl == "deform_conv2d"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        set_adaptive_impl(block, "cuda_magic")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        AdaptiveConv2d(3, 3, impl="nope")
+
+
+def test_adaptive_grid_sample_exports_to_onnx():
+    onnx = pytest.importorskip("onnx")
+    block = AdaptBlock(6, 6).eval()
+    with torch.no_grad():
+        block.translation_conv.bias.normal_(0, 2)
+        block.transform_matrix_conv.bias.copy_(torch.tensor([1.0, 0.2, -0.3, 1.0]))
+    x = torch.randn(1, 6, 10, 12)
+    buf = io.BytesIO()
+    torch.onnx.export(block, (x,), buf, opset_version=17, input_names=["x"], output_names=["y"], dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    onnx.checker.check_model(model)
+    assert any(n.op_type == "GridSample" for n in model.graph.node)
+    ort = pytest.importorskip("onnxruntime")
+    y = ort.InferenceSession(buf.getvalue()).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(torch.from_numpy(y) - block(x)).max() <= 1e-4
+
+
+def test_residual_blocks_and_make_layer():
+    x = torch.randn(2, 16, 8, 8)
+    assert BasicBlock(16, 16)(x).shape == (2, 16, 8, 8)
+    layer = make_layer(Bottleneck, 16, 8, 3, stride=2)
+    assert layer(x).shape == (2, 32, 4, 4)
+    assert layer[0].downsample is not None and layer[1].downsample is None
+    assert make_layer(BasicBlock, 16, 16, 2)[0].downsample is None
+    assert BasicBlock(16, 16, dilation=2)(x).shape == (2, 16, 8, 8)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 75)])
+def test_hrnet_fuses_all_branches_at_stride_4(size):
+    net = HRNet(stages=TINY_STAGES, stem_blocks=1).eval()
+    assert net.out_channels == 4 + 8 + 16 + 32
+    with torch.no_grad():
+        out = net(torch.randn(1, 3, *size))
+        branches = net.forward_branches(torch.randn(1, 3, *size))
+    assert out.shape == (1, 60, -(-size[0] // 4), -(-size[1] // 4))
+    assert [b.shape[1] for b in branches] == [4, 8, 16, 32]
+
+
+def test_hrnet_spec_errors_name_the_field():
+    bad = dict(TINY_STAGES, NUM_BLOCKS=[[1, 1], [1, 1], [1, 1, 1, 1]])
+    with pytest.raises(ConfigError, match=r"NUM_BLOCKS\[1\] has 2 entries, NUM_BRANCHES\[1\] is 3"):
+        HRNet(stages=bad)
+    with pytest.raises(ConfigError, match="missing fields \\['FUSE_METHOD'\\]"):
+        HRNet(stages={k: v for k, v in TINY_STAGES.items() if k != "FUSE_METHOD"})
+    with pytest.raises(ConfigError, match="BLOCK\\[0\\] must be BASIC or BOTTLENECK"):
+        HRNet(stages=dict(TINY_STAGES, BLOCK=["ADAPTIVE", "BASIC", "BASIC"]))

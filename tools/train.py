@@ -1,0 +1,48 @@
+"""Train a model.
+
+    python tools/train.py --cfg experiments/<dataset>/<model>.yaml [KEY VALUE ...] [--resume] [--output-dir DIR]
+    torchrun --nproc_per_node N tools/train.py --cfg ...            # DistributedDataParallel
+
+Writes to ``OUTPUT_DIR/<dataset>/<config name>/``: ``config.yaml`` (the resolved config), ``checkpoint.pth``
+(every epoch, atomically), ``model_best.pth`` (best validation AP), ``final_state.pth``, ``metrics.csv``
+(and TensorBoard logs when tensorboard is installed). A killed run continues where it stopped when started again
+(``TRAIN.AUTO_RESUME``, on by default) or with ``--resume``; the interrupted epoch is repeated exactly.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bupose.config import load_config  # noqa: E402
+from bupose.errors import BuposeError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="experiment file")
+    parser.add_argument("--resume", nargs="?", const=True, default=None,
+                        help="continue from the output folder's checkpoint (or from the given checkpoint file)")
+    parser.add_argument("--output-dir", help="default: OUTPUT_DIR/<dataset>/<config name>")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        from bupose.engine.trainer import Trainer
+
+        cfg = load_config(args.cfg, args.opts)
+        trainer = Trainer(cfg, args.output_dir, resume=args.resume)
+        history = trainer.train()
+    except BuposeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if trainer.rank == 0:
+        last = history[-1] if history else {}
+        print(f"done: {trainer.output_dir} (epoch {last.get('epoch', trainer.start_epoch)}, "
+              f"loss {last.get('loss', float('nan')):.4g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
