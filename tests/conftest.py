@@ -19,3 +19,90 @@ def shared_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# --- tiny DEKR runs on a small synthetic dataset (training, tools and API tests) ---------------------------------
+TINY_NUM_TRAIN, TINY_NUM_VAL = 16, 6
+
+
+def tiny_yaml_text(root: Path, input_size: int = 64) -> str:
+    """An experiment file for a tiny DEKR (HRNet widths 4/8/16/32, one block everywhere, one stem block) on the
+    synthetic CrowdPose-layout dataset under ``root``: CPU, no data workers, no validation, 2 epochs of batch 4."""
+    base = (REPO / "experiments" / "synthetic" / "dekr_tiny_256.yaml").as_posix()
+    return f"""\
+_BASE_: {base}
+OUTPUT_DIR: {(root / "output").as_posix()}
+WORKERS: 0
+DEVICE: cpu
+DATASET:
+  ROOT: {root.as_posix()}
+  SYNTHETIC_TRAIN_IMAGES: {TINY_NUM_TRAIN}
+  SYNTHETIC_VAL_IMAGES: {TINY_NUM_VAL}
+  INPUT_SIZE: {input_size}
+MODEL:
+  SPEC:
+    STEM_BLOCKS: 1
+    STAGES:
+      NUM_BLOCKS: [[1, 1], [1, 1, 1], [1, 1, 1, 1]]
+      NUM_CHANNELS: [[4, 8], [4, 8, 16], [4, 8, 16, 32]]
+    HEAD_HEATMAP:
+      NUM_CHANNELS: 4
+    HEAD_OFFSET:
+      NUM_CHANNELS_PERKPT: 4
+TRAIN:
+  END_EPOCH: 2
+  IMAGES_PER_GPU: 4
+  VAL_FREQ: 0
+TEST:
+  SCALE_FACTOR: [1.0]
+"""
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A DATASET.ROOT holding a small synthetic dataset (16 train, 6 val images), generated once per session.
+    Tests must not modify it (copy it first)."""
+    from bupose.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_data")
+    generate_dataset(root / "synthetic", TINY_NUM_TRAIN, TINY_NUM_VAL, workers=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(synthetic_root) -> Path:
+    """The tiny experiment file (see :func:`tiny_yaml_text`), 64 px input, data under :func:`synthetic_root`."""
+    path = synthetic_root / "dekr_tiny_test.yaml"
+    path.write_text(tiny_yaml_text(synthetic_root), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_yaml):
+    """``tiny_cfg("KEY", "VALUE", ...)``: the tiny experiment's config with command-line style overrides."""
+    from bupose.config import load_config
+
+    def make(*overrides):
+        return load_config(tiny_yaml, [str(o) for o in overrides])
+
+    return make
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch single-threaded for the test (the CI machines have 2 shared cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def subprocess_env(**extra) -> dict:
+    """The environment for a child Python: the repo importable, torch on one thread, no inherited torchrun vars."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env

@@ -20,6 +20,7 @@ Fixtures (made with the official code, outside this repository; the generating s
     ``{key: shape}`` of the official model's state_dict for the MODEL.SPEC of the official
     w32_4x_reg03_bs10_512_adam_lr1e-3_crowdpose_x300.yaml with NUM_JOINTS 14.
 """
+import copy
 import json
 from pathlib import Path
 
@@ -50,11 +51,13 @@ def _tiny_spec(channels=(4, 8, 16, 32)):
             "HEAD_OFFSET": {"BLOCK": "ADAPTIVE", "NUM_BLOCKS": 2, "NUM_CHANNELS_PERKPT": 15, "DILATION_RATE": 1}}
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
-def test_matches_official_model(tiny, impl):
+def test_matches_official_model(tiny, impl, fused):
     model = build_dekr(tiny["spec"], tiny["num_joints"], adaptive_impl=impl)
+    assert model.fused_offset_head  # the default
     model.load_state_dict(official_to_bupose(tiny["state_dict"], model))
-    model.eval()
+    model.eval().set_fused_offset_head(fused)
     with torch.no_grad():
         out = model(tiny["input"].float())
     assert (out["heatmap"] - tiny["heatmap"]).abs().max() <= 1e-4
@@ -154,3 +157,62 @@ def test_spec_errors_name_the_field():
         build_dekr(dict(spec, HEAD_HEATMAP=dict(spec["HEAD_HEATMAP"], BLOCK="FANCY")), 14)
     with pytest.raises(ValueError, match="adaptive_impl"):
         build_dekr(spec, 14, adaptive_impl="cuda")
+
+
+def _fused_and_loop(tiny, impl):
+    fused = load_official(build_dekr(tiny["spec"], 14, adaptive_impl=impl), tiny["state_dict"])
+    loop = copy.deepcopy(fused).set_fused_offset_head(False)
+    assert fused.fused_offset_head and not loop.fused_offset_head
+    return fused, loop
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_offset_head_equals_the_loop(tiny, impl, train):
+    fused, loop = _fused_and_loop(tiny, impl)
+    x = torch.cat([tiny["input"].float(), torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))])
+    with torch.no_grad():
+        a, b = fused.train(train)(x), loop.train(train)(x)
+    assert (a["heatmap"] - b["heatmap"]).abs().max() == 0
+    assert b["offset"].abs().max() > 0.1 and (a["offset"] - b["offset"]).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
+def test_fused_training_step_equals_the_loop(tiny, impl):
+    """Same gradients, and after an optimiser step the same parameters and batch-norm statistics (each branch's own
+    buffers updated)."""
+    models = _fused_and_loop(tiny, impl)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 96, 128, generator=g)
+    targets = [torch.randn(2, 15, 24, 32, generator=g), torch.randn(2, 28, 24, 32, generator=g)]
+    for model in models:
+        opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+        out = model.train()(x)
+        loss = (out["heatmap"] - targets[0]).square().mean() + (out["offset"] - targets[1]).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fused, loop = models
+    for (name, p), q in zip(fused.named_parameters(), loop.parameters()):
+        err = (p.grad - q.grad).abs().max()
+        assert q.grad is not None and err <= 1e-5 and err <= 1e-4 * q.grad.abs().max(), name
+    assert loop.offset_feature_layers[3][1].adapt_conv.weight.grad.abs().max() > 1e-4  # the test can fail
+    before = load_official(build_dekr(tiny["spec"], 14), tiny["state_dict"]).state_dict()
+    for (name, s), t in zip(fused.state_dict().items(), loop.state_dict().values()):
+        assert (s.double() - t.double()).abs().max() <= 1e-5, name
+        if name.startswith("offset_feature_layers.") and name.endswith(("running_mean", "num_batches_tracked")):
+            assert not torch.equal(s, before[name]), name  # every branch's statistics moved
+
+
+def test_offset_head_falls_back_to_the_loop_when_it_cannot_fuse(tiny):
+    model, loop = _fused_and_loop(tiny, "grid_sample")
+    model.eval(), loop.eval()
+    seen = []
+    model.offset_feature_layers[5][0].bn.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        out = model(tiny["input"].float())
+    assert seen == [(1, 15, 32, 32)]  # the hook ran: the branches ran one by one
+    model.offset_final_layer[0].train()  # mixed train / eval: not fusable either
+    with torch.no_grad():
+        assert (model(tiny["input"].float())["offset"] - out["offset"]).abs().max() == 0
+    assert (out["offset"] - tiny["offset"]).abs().max() <= 1e-4

@@ -1,4 +1,5 @@
-"""Building blocks: residual blocks, the adaptive convolution (both implementations) and the HRNet backbone."""
+"""Building blocks: residual blocks, the adaptive convolution (both implementations), fused execution of same-shaped
+blocks and the HRNet backbone."""
 import io
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 from bupose.errors import ConfigError
 from bupose.models.backbones import HRNet
 from bupose.models.layers import (AdaptBlock, AdaptiveConv2d, BasicBlock, Bottleneck, adaptive_conv2d,
-                                  adaptive_offsets, make_layer, regular_grid, set_adaptive_impl)
+                                  adaptive_offsets, can_fuse, fused_block, grouped_batch_norm, make_layer,
+                                  regular_grid, sampling_grid, set_adaptive_impl)
 
 TINY_STAGES = {"NUM_STAGES": 3, "NUM_MODULES": [1, 1, 1], "NUM_BRANCHES": [2, 3, 4], "BLOCK": ["BASIC"] * 3,
                "NUM_BLOCKS": [[1, 1], [1, 1, 1], [1, 1, 1, 1]],
@@ -148,3 +150,112 @@ def test_hrnet_spec_errors_name_the_field():
         HRNet(stages={k: v for k, v in TINY_STAGES.items() if k != "FUSE_METHOD"})
     with pytest.raises(ConfigError, match="BLOCK\\[0\\] must be BASIC or BOTTLENECK"):
         HRNet(stages=dict(TINY_STAGES, BLOCK=["ADAPTIVE", "BASIC", "BASIC"]))
+
+
+# --- fused execution of G same-shaped blocks (DEKR's offset head) ---------------------------------------------------
+
+def _perturbed(module, seed=0):
+    """Non-trivial weights, biases and BN statistics / affine parameters, so that every term matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g, dtype=t.dtype))
+            elif t.is_floating_point() and not name.endswith("regular_matrix"):
+                t.copy_(0.3 * torch.randn(t.shape, generator=g, dtype=t.dtype))
+    return module
+
+
+@pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_grouped_adaptive_conv_is_per_group_convs(impl, dilation):
+    g, c = 3, 5
+    cases = [_adaptive_case(seed=10 + j, c=c, o=4, dtype=torch.float64) for j in range(g)]
+    x, weight, transform, translation = (torch.cat(ts, dim=1 if i != 1 else 0) for i, ts in enumerate(zip(*cases)))
+    out = adaptive_conv2d(x, weight, transform, translation, dilation=dilation, impl=impl, groups=g)
+    ref = torch.cat([adaptive_conv2d(*case, dilation=dilation, impl=impl) for case in cases], 1)
+    assert out.shape == (2, 12, 9, 11) and (out - ref).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_sampling_grid_is_the_displaced_kernel(dilation):
+    _, _, transform, translation = _adaptive_case(seed=7, dtype=torch.float64)
+    n, _, h, w = transform.shape
+    grid = sampling_grid(torch.cat([transform, translation], 1), regular_grid().double(), dilation)
+    offset = adaptive_offsets(transform, translation, dilation=dilation)  # [dy, dx] per point, minus the kernel
+    py = torch.arange(h).view(1, 1, h, 1) + offset[:, 0::2] + dilation * regular_grid()[0].view(1, 9, 1, 1)
+    px = torch.arange(w).view(1, 1, 1, w) + offset[:, 1::2] + dilation * regular_grid()[1].view(1, 9, 1, 1)
+    ref = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1).reshape(n, 9 * h, w, 2)
+    assert grid.shape == (n, 9 * h, w, 2) and (grid - ref).abs().max() <= 1e-12
+
+
+def _block_pairs(kind, g=4, dtype=torch.float64):
+    """G blocks of one kind (as the per-group reference) and a deep copy to run fused."""
+    import copy
+
+    make = {"adaptive": lambda: AdaptBlock(6, 6),
+            "adaptive_dilated": lambda: AdaptBlock(6, 6, dilation=2, impl="deform_conv2d"),
+            "basic": lambda: BasicBlock(6, 6),
+            "bottleneck": lambda: make_layer(Bottleneck, 6, 3, 1, stride=2)[0]}[kind]
+    ref = torch.nn.ModuleList([_perturbed(make(), seed=j) for j in range(g)]).to(dtype)
+    return ref, copy.deepcopy(ref)
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "adaptive_dilated", "basic", "bottleneck"])
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_block_is_the_per_group_blocks(kind, train):
+    ref, fused = _block_pairs(kind)
+    ref.train(train), fused.train(train)
+    assert can_fuse(list(fused))
+    x = torch.randn(2, 4 * 6, 10, 9, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a = fused_block(x2, list(fused))
+    b = torch.cat([blk(xg) for blk, xg in zip(ref, x.chunk(4, 1))], 1)
+    assert a.shape == b.shape and (a - b).abs().max() <= 1e-10
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert (x.grad - x2.grad).abs().max() <= 1e-10
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-10, name
+    for (name, s), t in zip(fused.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(s, t) if not s.is_floating_point() else (s - t).abs().max() <= 1e-12, name
+    if train:  # the statistics moved, in every block
+        assert all(int(blk.bn1.num_batches_tracked if hasattr(blk, "bn1") else blk.bn.num_batches_tracked) == 1
+                   for blk in fused)
+
+
+def test_grouped_batch_norm_cumulative_average_and_no_running_stats():
+    bns = [torch.nn.BatchNorm2d(3, momentum=None).train() for _ in range(2)]
+    refs = [torch.nn.BatchNorm2d(3, momentum=None).train() for _ in range(2)]
+    for step in range(2):
+        x = torch.randn(4, 6, 5, 5)
+        out = grouped_batch_norm(x, bns)
+        ref = torch.cat([m(xg) for m, xg in zip(refs, x.chunk(2, 1))], 1)
+        assert (out - ref).abs().max() <= 1e-5
+    refs[1](torch.randn(4, 3, 5, 5))  # other counts: falls back to the modules one by one
+    bns[1].load_state_dict(refs[1].state_dict())
+    x = torch.randn(4, 6, 5, 5)
+    assert (grouped_batch_norm(x, bns) - torch.cat([m(xg) for m, xg in zip(refs, x.chunk(2, 1))], 1)).abs().max() <= 1e-5
+    for m, r in zip(bns, refs):
+        assert all(torch.allclose(s, t) for s, t in zip(m.state_dict().values(), r.state_dict().values()))
+    plain = [torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False).eval() for _ in range(2)]
+    assert (grouped_batch_norm(x, plain) - torch.cat([m(xg) for m, xg in zip(plain, x.chunk(2, 1))], 1)).abs().max() \
+        <= 1e-5
+
+
+def test_can_fuse_refuses_what_it_cannot_reproduce():
+    blocks = [AdaptBlock(6, 6) for _ in range(3)]
+    assert can_fuse(blocks)
+    assert not can_fuse(blocks[:2] + [AdaptBlock(6, 6, impl="deform_conv2d")])  # other impl
+    assert not can_fuse(blocks[:2] + [AdaptBlock(6, 6, dilation=2)])  # other dilation
+    assert not can_fuse(blocks[:2] + [BasicBlock(6, 6)])  # other kind
+    assert not can_fuse([blocks[0], blocks[1].eval(), blocks[2]])  # train / eval mixed
+    blocks[1].train()
+    handle = blocks[2].bn.register_forward_hook(lambda *a: None)  # hooks would be bypassed
+    assert not can_fuse(blocks)
+    handle.remove()
+    blocks[0].bn = torch.nn.SyncBatchNorm(6)  # would need a cross-process reduction
+    assert not can_fuse(blocks)
+    assert can_fuse([torch.nn.Conv2d(6, 2, 1) for _ in range(3)])
+    assert not can_fuse([torch.nn.Conv2d(6, 2, 1), torch.nn.Conv2d(6, 2, 1, bias=False)])

@@ -10,6 +10,7 @@ Writes to ``OUTPUT_DIR/<dataset>/<config name>/``: ``config.yaml`` (the resolved
 """
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bupose.config import load_config  # noqa: E402
 from bupose.errors import BuposeError  # noqa: E402
+
+
+def _is_config_key(text: str) -> bool:
+    """``TRAIN.END_EPOCH``-like (upper-case dotted names; a typo is reported by the config's 'did you mean')."""
+    return re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*", text) is not None
 
 
 def main(argv=None) -> int:
@@ -27,6 +33,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", help="default: OUTPUT_DIR/<dataset>/<config name>")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
+    if isinstance(args.resume, str) and _is_config_key(args.resume) and not Path(args.resume).exists():
+        args.opts = [args.resume] + list(args.opts)  # "--resume TRAIN.END_EPOCH 3": the flag, then overrides
+        args.resume = True
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         from bupose.engine.trainer import Trainer
@@ -37,6 +46,11 @@ def main(argv=None) -> int:
     except BuposeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if trainer.rank == 0:
         last = history[-1] if history else {}
         print(f"done: {trainer.output_dir} (epoch {last.get('epoch', trainer.start_epoch)}, "

@@ -47,8 +47,10 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         self.length, self.batch_size, self.world_size, self.rank = length, batch_size, world_size, rank
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
         if length < batch_size * world_size:
-            raise ValueError(f"the training set has {length} images, fewer than one global batch of "
-                             f"{batch_size} x {world_size} processes")
+            from bupose.errors import ConfigError
+
+            raise ConfigError(f"the training set has {length} images, fewer than one global batch of "
+                              f"{batch_size} (TRAIN.IMAGES_PER_GPU) x {world_size} processes")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -87,6 +89,38 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     raise ConfigError(f"TRAIN.OPTIMIZER {t.OPTIMIZER!r} is not one of adam, adamw, sgd")
 
 
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*",)) -> int:
+    """``MODEL.PRETRAINED``: initialise ``model`` from the weights in ``path`` (e.g. HRNet ImageNet weights), as the
+    official code: every entry whose name is in the model (and whose first name part is in ``layers``, unless
+    ``layers`` is ``["*"]``) is copied; the rest of the file (a classifier, ...) is ignored. Returns how many
+    entries were loaded; raises CheckpointError when none fits or a shape differs."""
+    from bupose.errors import CheckpointError
+
+    raw = read_checkpoint(path)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"MODEL.PRETRAINED {path}: expected a dict of tensors, got {type(raw).__name__}")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+    if raw and all(k.startswith("module.") for k in raw):
+        raw = {k[len("module."):]: v for k, v in raw.items()}
+    layers = list(layers or ["*"])
+    ours = model.state_dict()
+    use = {k: v for k, v in raw.items() if k in ours and isinstance(v, torch.Tensor)
+           and (layers[0] == "*" or k.split(".")[0] in layers)}
+    if not use:
+        raise CheckpointError(f"MODEL.PRETRAINED {path}: none of its {len(raw)} entries is a parameter of the model "
+                              f"(its keys start: {sorted(raw)[:5]})")
+    bad = [f"{k}: file {tuple(v.shape)}, model {tuple(ours[k].shape)}" for k, v in use.items()
+           if v.shape != ours[k].shape]
+    if bad:
+        raise CheckpointError(f"MODEL.PRETRAINED {path}: {len(bad)} shapes differ from the model: "
+                              + "; ".join(bad[:5]))
+    model.load_state_dict(use, strict=False)
+    log.info("MODEL.PRETRAINED: %d of the model's %d entries loaded from %s", len(use), len(ours), path)
+    return len(use)
+
+
 class Trainer:
     """Train ``cfg``'s method; ``Trainer(cfg).train()`` returns the history (one dict per epoch).
 
@@ -94,13 +128,14 @@ class Trainer:
         cfg: the resolved config.
         output_dir: where checkpoints, ``config.yaml``, ``metrics.csv`` and results go (default
             ``OUTPUT_DIR/<dataset>/<config name>``).
-        resume: continue from ``output_dir/checkpoint.pth`` (or from this path when a string); by default when
-            ``TRAIN.AUTO_RESUME`` is set and a checkpoint exists.
+        resume: continue from ``output_dir/checkpoint.pth`` (or from this file when a path); by default (None) when
+            ``TRAIN.AUTO_RESUME`` is set and a checkpoint exists; False: start afresh.
         on_iteration: called as ``on_iteration(epoch, iteration)`` after each optimiser step (hooks, tests).
         progress: show tqdm bars (process 0 only).
     """
 
-    def __init__(self, cfg: Config, output_dir: str | os.PathLike | None = None, resume: bool | str | None = None,
+    def __init__(self, cfg: Config, output_dir: str | os.PathLike | None = None,
+                 resume: bool | str | os.PathLike | None = None,
                  on_iteration: Callable[[int, int], None] | None = None, progress: bool = True):
         self.cfg = cfg
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -122,6 +157,8 @@ class Trainer:
         model = self.method.build_model().to(device)
         if self.distributed and cfg.TRAIN.SYNC_BN and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.MODEL.PRETRAINED:
+            load_pretrained(model, cfg.MODEL.PRETRAINED, cfg.MODEL.SPEC.get("PRETRAINED_LAYERS", ["*"]))
         self.model = model
         self.ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                               else None) if self.distributed else model)
@@ -129,15 +166,20 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, model)
         self.amp = cfg.TRAIN.AMP and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if self.distributed and self.rank != 0:
+            dist.barrier()  # rank 0 first: it may generate the synthetic dataset, which must happen once
         self.dataset = self.method.train_dataset()
+        if self.distributed and self.rank == 0:
+            dist.barrier()
         self.sampler = GlobalBatchSampler(len(self.dataset), cfg.TRAIN.IMAGES_PER_GPU, self.world_size, self.rank,
                                           cfg.SEED, cfg.TRAIN.SHUFFLE)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
                                                   num_workers=cfg.WORKERS, pin_memory=device.type == "cuda",
                                                   persistent_workers=False)
         self.start_epoch, self.best, self.history = cfg.TRAIN.BEGIN_EPOCH, -math.inf, []
+        self.last_checkpoint: tuple[Path, int] | None = None  # (file, epoch) this run last wrote or resumed from
         ckpt = self.output_dir / "checkpoint.pth"
-        if isinstance(resume, str):
+        if isinstance(resume, (str, os.PathLike)):
             self._resume(Path(resume))
         elif resume or (resume is None and cfg.TRAIN.AUTO_RESUME and ckpt.is_file()):
             self._resume(ckpt)
@@ -151,13 +193,23 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = read_checkpoint(path)
         from bupose.engine.checkpoint import load_checkpoint
+        from bupose.errors import CheckpointError
 
-        load_checkpoint(self.model, state)
+        fields = ("model", "optimizer", "epoch", "best_metric")
+        missing = [k for k in fields if k not in state] if isinstance(state, dict) else list(fields)
+        if missing:
+            raise CheckpointError(f"{path} is not a bupose training checkpoint (it lacks {missing}); resume needs "
+                                  f"a checkpoint.pth written by the trainer (weights alone: MODEL.PRETRAINED)")
+        try:
+            load_checkpoint(self.model, state)
+        except CheckpointError as e:
+            raise CheckpointError(f"cannot resume from {path}: {e}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.best = state["epoch"], state["best_metric"]
         self.history = list(state.get("history", []))
+        self.last_checkpoint = (path, self.start_epoch)
         if self.rank == 0:
             log.info("resumed from %s at epoch %d", path, self.start_epoch)
 
@@ -187,12 +239,11 @@ class Trainer:
             outputs = {k: v.float() for k, v in outputs.items()}
             losses = self.loss_fn(outputs, batch, world_size=self.world_size, all_reduce=self._all_reduce_sum)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} ({terms}); stopping. The last "
-                    f"checkpoint {self.output_dir / 'checkpoint.pth'} is intact: lower TRAIN.LR or set "
-                    f"TRAIN.CLIP_GRAD and resume")
+            bad = (~torch.isfinite(loss.detach())).float()
+            if self.distributed:
+                bad = self._all_reduce_sum(bad)
+            if bad.item() > 0:
+                self._non_finite(epoch, it, losses)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.cfg.TRAIN.CLIP_GRAD > 0:
@@ -209,6 +260,24 @@ class Trainer:
         row = {"epoch": epoch + 1, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()},
                "time_s": time.perf_counter() - t0}
         return row
+
+    def _non_finite(self, epoch: int, it: int, losses: dict[str, torch.Tensor]):
+        if torch.isfinite(losses["loss"]):
+            terms = " in another process"
+        else:
+            terms = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()) + ")"
+        ckpt = self.output_dir / "checkpoint.pth"
+        if self.last_checkpoint is not None:
+            path, done = self.last_checkpoint
+            state = (f"The last checkpoint {path} (after epoch {done}) is intact: lower TRAIN.LR or set "
+                     f"TRAIN.CLIP_GRAD and resume")
+        elif ckpt.is_file():
+            state = f"This run wrote no checkpoint yet; {ckpt} is untouched (from an earlier run)"
+        else:
+            state = f"No checkpoint was written yet (none in {self.output_dir}): lower TRAIN.LR or set " \
+                    f"TRAIN.CLIP_GRAD and start again"
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}{terms}; stopping. "
+                                 f"{state}")
 
     # -- the run ------------------------------------------------------------------------------------------------
     def validate(self, epoch: int) -> dict[str, float]:
@@ -246,6 +315,7 @@ class Trainer:
                                                              if k != "epoch"))
             if self.distributed:
                 dist.barrier()
+            self.last_checkpoint = (self.output_dir / "checkpoint.pth", epoch + 1)
         if self.rank == 0:
             save_checkpoint({"model": unwrap_state_dict(self.ddp), "method": self.method.name,
                              "epoch": cfg.TRAIN.END_EPOCH}, self.output_dir / "final_state.pth")

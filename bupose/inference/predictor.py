@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bupose.errors import DataError
 from bupose.inference.people import People
 from bupose.inference.tta import TestTimeAugmentation
 
@@ -31,9 +32,15 @@ class Predictor:
         self.engine = TestTimeAugmentation(cfg.TEST.SCALE_FACTOR, cfg.TEST.FLIP_TEST, self.device)
 
     def people(self, image_bgr: np.ndarray) -> People:
-        if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-            raise ValueError(f"Predictor expects an (H, W, 3) BGR uint8 image, got "
-                             f"{getattr(image_bgr, 'shape', type(image_bgr).__name__)}")
+        """The people in one image (:class:`People`, image pixels); raises DataError for anything but an image."""
+        if not isinstance(image_bgr, np.ndarray):
+            hint = " (cv2.imread returns None for a file it cannot read)" if image_bgr is None else \
+                " (read the file first, e.g. with cv2.imread)" if isinstance(image_bgr, (str, bytes)) else ""
+            raise DataError(f"Predictor expects an (H, W, 3) BGR uint8 numpy image, got "
+                            f"{type(image_bgr).__name__}{hint}")
+        if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8 or image_bgr.size == 0:
+            raise DataError(f"Predictor expects an (H, W, 3) BGR uint8 image, got shape {image_bgr.shape} dtype "
+                            f"{image_bgr.dtype}")
         return self.engine(self.model, self.decoder, image_bgr)
 
     def __call__(self, image_bgr: np.ndarray) -> list[dict]:

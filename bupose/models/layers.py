@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ADAPTIVE_IMPLS = ("grid_sample", "deform_conv2d")
+CHUNK_BYTES = int(__import__("os").environ.get("CHUNK_BYTES", 16 << 20))
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -131,7 +132,8 @@ def sampling_grid(params: torch.Tensor, regular: torch.Tensor, dilation: int = 1
     product runs in ``params``' dtype (float32 or float64), also under autocast.
     """
     n, _, h, w = params.shape
-    ry, rx = regular.to(params)
+    reg = regular.to(params)
+    ry, rx = reg[0], reg[1]
     zero, sy, sx = torch.zeros_like(ry), torch.full_like(ry, 2 / h), torch.full_like(ry, 2 / w)
     # rows (x, point k) then (y, point k); columns t00, t01, t10, t11, ty, tx
     mat = torch.stack([torch.stack([zero, zero, sx * ry, sx * rx, zero, sx], 1),
@@ -144,6 +146,16 @@ def sampling_grid(params: torch.Tensor, regular: torch.Tensor, dilation: int = 1
     with torch.autocast(params.device.type, enabled=False):
         grid = torch.baddbmm(base.expand(n, -1, -1), mat.expand(n, -1, -1), params.reshape(n, 6, h * w))
     return grid.view(n, 2, 9, h, w).permute(0, 2, 3, 4, 1).reshape(n, 9 * h, w, 2)
+
+
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """Grouped 1x1 convolution as one batched matrix product: ``x (B, G*C, H, W)``, ``weight (G*O, C[, 1, 1])``,
+    ``bias (G*O)`` -> ``(B, G*O, H, W)`` (steadier and faster on CPU than oneDNN's grouped convolution)."""
+    b, gc, h, w = x.shape
+    out = torch.matmul(weight.reshape(groups, -1, gc // groups), x.reshape(b, groups, gc // groups, h * w))
+    if bias is not None:
+        out = out + bias.view(groups, -1, 1)
+    return out.view(b, -1, h, w)
 
 
 def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, regular: torch.Tensor,
@@ -165,10 +177,17 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
         out = deform_conv2d(xs, offset, weight.to(dtype), padding=(dilation, dilation), dilation=(dilation, dilation))
         return out.to(x.dtype)
     # the groups go to the batch dimension for the sampling: (B, G*C, H, W) -> (B*G, C, H, W) is a view
-    cols = F.grid_sample(xs.reshape(b * groups, gc // groups, h, w), sampling_grid(params, regular, dilation),
-                         mode="bilinear", padding_mode="zeros", align_corners=False)  # (B*G, C, 9H, W)
-    cols = cols.reshape(b, gc * 9, h, w).to(x.dtype)  # per group, channel c * 9 + point k
-    return F.conv2d(cols, weight.reshape(weight.shape[0], -1, 1, 1), groups=groups)
+    n, c = b * groups, gc // groups
+    xs, weight = xs.reshape(n, c, h, w), weight.reshape(groups, -1, c * 9)
+    step = max(1, CHUNK_BYTES // (c * 9 * h * w * xs.element_size()))
+    outs = []
+    for i in range(0, n, step):
+        j = min(i + step, n)
+        cols = F.grid_sample(xs[i:j], sampling_grid(params[i:j], regular, dilation), mode="bilinear",
+                             padding_mode="zeros", align_corners=False)  # (n', C, 9H, W)
+        wk = weight.repeat(-(-j // groups), 1, 1)[i:j] if groups > 1 else weight
+        outs.append(torch.bmm(wk.expand(j - i, -1, -1), cols.reshape(j - i, c * 9, h * w).to(x.dtype)))
+    return torch.cat(outs).view(b, -1, h, w)
 
 
 def adaptive_conv2d(x: torch.Tensor, weight: torch.Tensor, transform: torch.Tensor, translation: torch.Tensor,
@@ -198,6 +217,7 @@ class AdaptiveConv2d(nn.Module):
         if impl not in ADAPTIVE_IMPLS:
             raise ValueError(f"adaptive convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.dilation = dilation
         self.impl = impl
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
@@ -248,10 +268,14 @@ def grouped_conv2d(x: torch.Tensor, convs, groups: int | None = None) -> torch.T
     gradients reach each module's own parameters): ``(B, G*C, H, W) -> (B, sum of out_channels, H', W')``.
     ``groups`` (default ``len(convs)``): G, the input channel groups; with ``2 G`` convs, convs ``2g`` and ``2g+1``
     both read group g."""
-    c = convs[0]
+    c, g = convs[0], groups or len(convs)
     weight = torch.cat([m.weight for m in convs])
     bias = None if c.bias is None else torch.cat([m.bias for m in convs])
-    return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, groups or len(convs))
+    if c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0):
+        return grouped_pointwise(x, weight, bias, g)
+    if x.device.type == "cpu":  # oneDNN's grouped convolutions are slow in NCHW (erratically so), not in NHWC
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, g).contiguous()
 
 
 def grouped_batch_norm(x: torch.Tensor, bns) -> torch.Tensor:
@@ -279,29 +303,39 @@ def grouped_batch_norm(x: torch.Tensor, bns) -> torch.Tensor:
     return out
 
 
+def has_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` itself has forward or backward (pre-)hooks (which fused execution would bypass)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
 def _signature(block: nn.Module) -> list:
-    return [(type(m), m.extra_repr(), m.training, tuple(p.shape for p in m.parameters(recurse=False)))
+    """Types, parameter names and settings (public scalar attributes: channels, kernel, stride, eps, momentum, impl,
+    training...) of ``block`` and its submodules."""
+    return [(type(m), [k for k, v in m._parameters.items() if v is not None],
+             sorted((k, v) for k, v in vars(m).items()
+                    if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))))
             for m in block.modules()]
 
 
-def can_fuse(blocks) -> bool:
-    """Whether :func:`fused_block` computes exactly what running ``blocks`` one by one computes: blocks of one kind
-    (:class:`BasicBlock`, :class:`Bottleneck`, :class:`AdaptBlock`) with equal settings and shapes, plain
-    ``Conv2d`` (zero padding, groups 1) and ``BatchNorm2d``, a conv-BN ``downsample`` or none, and no hooks."""
-    first = blocks[0]
-    if type(first) not in (BasicBlock, Bottleneck, AdaptBlock):
+def can_fuse(modules) -> bool:
+    """Whether :func:`fused_block` (or, for ``Conv2d`` s, :func:`grouped_conv2d`) computes exactly what running
+    ``modules`` one by one computes: modules of one kind (:class:`BasicBlock`, :class:`Bottleneck`,
+    :class:`AdaptBlock`, ``nn.Conv2d``) with equal settings and shapes, made of plain ``Conv2d`` (zero padding,
+    groups 1) and ``BatchNorm2d``, with a conv-BN ``downsample`` or none, and without hooks."""
+    first = modules[0]
+    if type(first) not in (nn.Conv2d, BasicBlock, Bottleneck, AdaptBlock):
         return False
-    sig = _signature(first)
     for m in first.modules():
         if isinstance(m, nn.Conv2d) and (type(m) is not nn.Conv2d or m.groups != 1 or m.padding_mode != "zeros"):
             return False
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m) is not nn.BatchNorm2d:
             return False
-    ds = first.downsample
+    ds = getattr(first, "downsample", None)
     if ds is not None and [type(m) for m in ds] != [nn.Conv2d, nn.BatchNorm2d]:
         return False
-    return all(not (m._forward_hooks or m._forward_pre_hooks) for b in blocks for m in b.modules()) and all(
-        _signature(b) == sig for b in blocks[1:])
+    sig = _signature(first)
+    return not any(has_hooks(m) for b in modules for m in b.modules()) and all(_signature(b) == sig
+                                                                                for b in modules[1:])
 
 
 def fused_block(x: torch.Tensor, blocks) -> torch.Tensor:
