@@ -88,9 +88,10 @@ def tiny_cfg(tiny_yaml):
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Run torch single-threaded for the test (the CI machines have 2 shared cores)."""
+    """Run torch single-threaded for a test module (the CI machines have 2 shared cores); a module uses it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` so that its module-scoped fixtures run under it too."""
     import torch
 
     n = torch.get_num_threads()

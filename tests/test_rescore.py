@@ -28,13 +28,7 @@ CROWD_LINKS = ([12, 13, 13, 0, 1, 2, 3, 0, 1, 6, 7, 8, 9, 6, 0],
                [13, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 7, 1])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny MLPs: one thread is much faster than several on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny MLPs: one thread is much faster on 2 shared cores
 
 
 def official_shapes(features: int, hidden: int = 256) -> dict:

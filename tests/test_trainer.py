@@ -23,12 +23,7 @@ from bupose.errors import CheckpointError, ConfigError
 from conftest import REPO, subprocess_env
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _epochs(out: Path) -> list[int]:

@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ADAPTIVE_IMPLS = ("grid_sample", "deform_conv2d")
-CHUNK_BYTES = int(__import__("os").environ.get("CHUNK_BYTES", 16 << 20))
+#: on CPU the adaptive convolutions sample in chunks of about this many bytes of sampled columns
+SAMPLING_CHUNK_BYTES = 16 << 20
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -176,17 +177,20 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
         offset = adaptive_offsets(params[:, :4], params[:, 4:], regular, dilation).reshape(b, groups * 18, h, w)
         out = deform_conv2d(xs, offset, weight.to(dtype), padding=(dilation, dilation), dilation=(dilation, dilation))
         return out.to(x.dtype)
-    # the groups go to the batch dimension for the sampling: (B, G*C, H, W) -> (B*G, C, H, W) is a view
+    # the groups go to the batch dimension for the sampling: (B, G*C, H, W) -> (B*G, C, H, W) is a view, and sample
+    # b * G + g is reduced with the weight of group g. On CPU this runs in chunks of samples, so that the (C*9)-fold
+    # intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor per call otherwise).
     n, c = b * groups, gc // groups
-    xs, weight = xs.reshape(n, c, h, w), weight.reshape(groups, -1, c * 9)
-    step = max(1, CHUNK_BYTES // (c * 9 * h * w * xs.element_size()))
+    weight = weight.reshape(groups, -1, c * 9)
+    group = torch.arange(n, device=x.device) % groups
+    step = n
+    if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        step = max(1, SAMPLING_CHUNK_BYTES // (c * 9 * h * w * xs.element_size()))
     outs = []
-    for i in range(0, n, step):
-        j = min(i + step, n)
-        cols = F.grid_sample(xs[i:j], sampling_grid(params[i:j], regular, dilation), mode="bilinear",
-                             padding_mode="zeros", align_corners=False)  # (n', C, 9H, W)
-        wk = weight.repeat(-(-j // groups), 1, 1)[i:j] if groups > 1 else weight
-        outs.append(torch.bmm(wk.expand(j - i, -1, -1), cols.reshape(j - i, c * 9, h * w).to(x.dtype)))
+    for xi, pi, gi in zip(xs.reshape(n, c, h, w).split(step), params.split(step), group.split(step)):
+        cols = F.grid_sample(xi, sampling_grid(pi, regular, dilation), mode="bilinear", padding_mode="zeros",
+                             align_corners=False)  # (n', C, 9H, W): channel c, point k at row k H + i
+        outs.append(torch.bmm(weight.index_select(0, gi), cols.reshape(len(gi), c * 9, h * w).to(x.dtype)))
     return torch.cat(outs).view(b, -1, h, w)
 
 
