@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bupose.errors import ConfigError
+from bupose.models import layers
 from bupose.models.backbones import HRNet
 from bupose.models.layers import (AdaptBlock, AdaptiveConv2d, BasicBlock, Bottleneck, adaptive_conv2d,
                                   adaptive_offsets, can_fuse, fused_block, grouped_batch_norm, make_layer,
@@ -177,6 +178,22 @@ def test_grouped_adaptive_conv_is_per_group_convs(impl, dilation):
     assert out.shape == (2, 12, 9, 11) and (out - ref).abs().max() <= 1e-10
 
 
+def test_chunked_sampling_is_exact(monkeypatch):
+    """On CPU the grid_sample implementation samples in chunks of (batch item, group) samples; chunks of 2 samples
+    with 3 groups straddle the groups and the batch items. Values and gradients equal the one-chunk result."""
+    g, (b, c, h, w) = 3, (2, 5, 9, 11)
+    results = []
+    for chunk_bytes in (1 << 40, 2 * c * 9 * h * w * 8):
+        monkeypatch.setattr(layers, "SAMPLING_CHUNK_BYTES", chunk_bytes)
+        inputs = [torch.cat(ts, dim=1 if i != 1 else 0).requires_grad_() for i, ts in enumerate(zip(
+            *[_adaptive_case(seed=20 + j, b=b, c=c, o=4, h=h, w=w, dtype=torch.float64) for j in range(g)]))]
+        out = adaptive_conv2d(*inputs, groups=g)
+        out.pow(2).sum().backward()
+        results.append([out] + [t.grad for t in inputs])
+    for a, r in zip(*results):
+        assert (a - r).abs().max() <= 1e-10
+
+
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_sampling_grid_is_the_displaced_kernel(dilation):
     _, _, transform, translation = _adaptive_case(seed=7, dtype=torch.float64)
@@ -226,22 +243,22 @@ def test_fused_block_is_the_per_group_blocks(kind, train):
 
 
 def test_grouped_batch_norm_cumulative_average_and_no_running_stats():
+    def per_module(modules, x):
+        return torch.cat([m(xg) for m, xg in zip(modules, x.chunk(len(modules), 1))], 1)
+
     bns = [torch.nn.BatchNorm2d(3, momentum=None).train() for _ in range(2)]
     refs = [torch.nn.BatchNorm2d(3, momentum=None).train() for _ in range(2)]
     for step in range(2):
         x = torch.randn(4, 6, 5, 5)
-        out = grouped_batch_norm(x, bns)
-        ref = torch.cat([m(xg) for m, xg in zip(refs, x.chunk(2, 1))], 1)
-        assert (out - ref).abs().max() <= 1e-5
+        assert (grouped_batch_norm(x, bns) - per_module(refs, x)).abs().max() <= 1e-5
     refs[1](torch.randn(4, 3, 5, 5))  # other counts: falls back to the modules one by one
     bns[1].load_state_dict(refs[1].state_dict())
     x = torch.randn(4, 6, 5, 5)
-    assert (grouped_batch_norm(x, bns) - torch.cat([m(xg) for m, xg in zip(refs, x.chunk(2, 1))], 1)).abs().max() <= 1e-5
+    assert (grouped_batch_norm(x, bns) - per_module(refs, x)).abs().max() <= 1e-5
     for m, r in zip(bns, refs):
         assert all(torch.allclose(s, t) for s, t in zip(m.state_dict().values(), r.state_dict().values()))
     plain = [torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False).eval() for _ in range(2)]
-    assert (grouped_batch_norm(x, plain) - torch.cat([m(xg) for m, xg in zip(plain, x.chunk(2, 1))], 1)).abs().max() \
-        <= 1e-5
+    assert (grouped_batch_norm(x, plain) - per_module(plain, x)).abs().max() <= 1e-5
 
 
 def test_can_fuse_refuses_what_it_cannot_reproduce():

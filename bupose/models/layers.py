@@ -181,16 +181,17 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
     # b * G + g is reduced with the weight of group g. On CPU this runs in chunks of samples, so that the (C*9)-fold
     # intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor per call otherwise).
     n, c = b * groups, gc // groups
-    weight = weight.reshape(groups, -1, c * 9)
-    group = torch.arange(n, device=x.device) % groups
-    step = n
+    chunks = [(xs.reshape(n, c, h, w), params, torch.arange(n, device=x.device) % groups)]
     if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
         step = max(1, SAMPLING_CHUNK_BYTES // (c * 9 * h * w * xs.element_size()))
+        chunks = list(zip(*(t.split(step) for t in chunks[0])))
+    weight = weight.reshape(groups, -1, c * 9)
     outs = []
-    for xi, pi, gi in zip(xs.reshape(n, c, h, w).split(step), params.split(step), group.split(step)):
+    for xi, pi, gi in chunks:  # (n', C, H, W), (n', 6, H, W), the samples' groups (n',)
         cols = F.grid_sample(xi, sampling_grid(pi, regular, dilation), mode="bilinear", padding_mode="zeros",
                              align_corners=False)  # (n', C, 9H, W): channel c, point k at row k H + i
-        outs.append(torch.bmm(weight.index_select(0, gi), cols.reshape(len(gi), c * 9, h * w).to(x.dtype)))
+        cols = cols.reshape(cols.shape[0], c * 9, h * w).to(x.dtype)
+        outs.append(torch.bmm(weight.index_select(0, gi), cols))  # (n', O, H W)
     return torch.cat(outs).view(b, -1, h, w)
 
 

@@ -108,8 +108,9 @@ def bench_inference(args, cpu):
                 print(f"{size:>5} {part:>12} " + " ".join(f"{t[v]:>12.3f}" for v in variants) + "   "
                       + " ".join(f"{t[(i, 'loop')] / t[(i, 'fused')]:.2f}x" for i in IMPLS))
             ref = outs[("grid_sample", "loop")]
-            print(f"{size:>5} offsets, max |difference| / max |value| vs grid/loop: " + ", ".join(
-                f"{i[:4]}/{m} {rel_diff(outs[(i, m)], ref):.1e}" for i, m in variants if (i, m) != ("grid_sample", "loop")))
+            others = [v for v in variants if v != ("grid_sample", "loop")]
+            print(f"{size:>5} offsets, max |difference| / max |value| vs grid/loop: "
+                  + ", ".join(f"{i[:4]}/{m} {rel_diff(outs[(i, m)], ref):.1e}" for i, m in others))
 
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
@@ -158,7 +159,8 @@ def bench_training(args, cpu):
         print(f"{impl}: {'':>12} {'fused':>8} {'loop':>8}  loop/fused")
         for part in ("forward", "train step", "head fwd+bwd"):
             t = {m: best[(part, m)] for m in MODES}
-            print(f"{'':>{len(impl) + 1}} {part:>12} {t['fused']:>8.3f} {t['loop']:>8.3f}  {t['loop'] / t['fused']:.2f}x")
+            print(f"{'':>{len(impl) + 1}} {part:>12} {t['fused']:>8.3f} {t['loop']:>8.3f}  "
+                  f"{t['loop'] / t['fused']:.2f}x")
         # the same step from the same state: outputs, gradients and batch-norm statistics must agree
         for m in models.values():
             m.load_state_dict(model.state_dict())

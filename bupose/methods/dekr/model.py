@@ -10,10 +10,11 @@ Two heads read the backbone's concatenated stride-4 features:
 
 The K offset branches are kept as K modules (the official parameter names), but by default they run fused: each
 stage once for all joints, with the branches' weights concatenated in forward into grouped convolutions, one batch
-norm over all K * C channels and one sampling call (:func:`~bupose.models.layers.fused_block`). That is the same
-function with the same parameters, gradients and batch-norm statistics as the per-branch loop (kept:
-``fused_offset_head=False`` / :meth:`DEKR.set_fused_offset_head`), several times faster for K = 14 or 17 small
-branches. (Forward hooks on the branch modules run only in the loop; with hooks it falls back to the loop.)
+norm over all K * C channels and the adaptive convolutions' sampling with the joints in the batch dimension
+(:func:`~bupose.models.layers.fused_block`). That is the same function with the same parameters, gradients and
+batch-norm statistics as the per-branch loop (kept: ``fused_offset_head=False`` /
+:meth:`DEKR.set_fused_offset_head`), with K times fewer, larger operations. Modules with hooks, or branches that
+differ in kind or settings, run in the loop.
 
 Parameter names equal the official ones (the model subclasses :class:`~bupose.models.backbones.HRNet`, so the
 backbone's keys are not prefixed), hence official checkpoints load as they are.
