@@ -55,7 +55,6 @@ def _tiny_spec(channels=(4, 8, 16, 32)):
 @pytest.mark.parametrize("impl", ["grid_sample", "deform_conv2d"])
 def test_matches_official_model(tiny, impl, fused):
     model = build_dekr(tiny["spec"], tiny["num_joints"], adaptive_impl=impl)
-    assert model.fused_offset_head  # the default
     model.load_state_dict(official_to_bupose(tiny["state_dict"], model))
     model.eval().set_fused_offset_head(fused)
     with torch.no_grad():
@@ -161,8 +160,10 @@ def test_spec_errors_name_the_field():
 
 def _fused_and_loop(tiny, impl):
     fused = load_official(build_dekr(tiny["spec"], 14, adaptive_impl=impl), tiny["state_dict"])
+    assert fused.fused_offset_head is None and fused.offset_head_is_fused == (impl == "grid_sample")  # default
+    fused.set_fused_offset_head(True)
     loop = copy.deepcopy(fused).set_fused_offset_head(False)
-    assert fused.fused_offset_head and not loop.fused_offset_head
+    assert fused.offset_head_is_fused and not loop.offset_head_is_fused
     return fused, loop
 
 
@@ -194,8 +195,9 @@ def test_fused_training_step_equals_the_loop(tiny, impl):
         opt.step()
     fused, loop = models
     for (name, p), q in zip(fused.named_parameters(), loop.parameters()):
+        assert q.grad is not None, name
         err = (p.grad - q.grad).abs().max()
-        assert q.grad is not None and err <= 1e-5 and err <= 1e-4 * q.grad.abs().max(), name
+        assert err <= 1e-5 and err <= 1e-4 * q.grad.abs().max(), name
     assert loop.offset_feature_layers[3][1].adapt_conv.weight.grad.abs().max() > 1e-4  # the test can fail
     before = load_official(build_dekr(tiny["spec"], 14), tiny["state_dict"]).state_dict()
     for (name, s), t in zip(fused.state_dict().items(), loop.state_dict().values()):
@@ -205,14 +207,19 @@ def test_fused_training_step_equals_the_loop(tiny, impl):
 
 
 def test_offset_head_falls_back_to_the_loop_when_it_cannot_fuse(tiny):
-    model, loop = _fused_and_loop(tiny, "grid_sample")
-    model.eval(), loop.eval()
+    model = _fused_and_loop(tiny, "grid_sample")[0].eval()
     seen = []
-    model.offset_feature_layers[5][0].bn.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    handle = model.offset_feature_layers[5][0].bn.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert not model.offset_head_is_fused
     with torch.no_grad():
         out = model(tiny["input"].float())
     assert seen == [(1, 15, 32, 32)]  # the hook ran: the branches ran one by one
+    handle.remove()
+    assert model.offset_head_is_fused
     model.offset_final_layer[0].train()  # mixed train / eval: not fusable either
+    assert not model.offset_head_is_fused
     with torch.no_grad():
         assert (model(tiny["input"].float())["offset"] - out["offset"]).abs().max() == 0
+    model.set_adaptive_impl("deform_conv2d").eval().set_fused_offset_head(None)
+    assert not model.offset_head_is_fused and model.set_fused_offset_head(True).offset_head_is_fused
     assert (out["offset"] - tiny["offset"]).abs().max() <= 1e-4

@@ -175,7 +175,7 @@ def bench_training(args, cpu):
         stats = max((p - q).abs().max().item() for p, q in zip(*sd))
         print(f"{'':>{len(impl) + 1}} fused vs loop, max |difference| / max |value|: offsets "
               f"{rel_diff(outs['fused']['offset'], outs['loop']['offset']):.1e}, gradients (worst tensor) "
-              f"{grads:.1e}; state_dict after the step: max |difference| {stats:.1e}")
+              f"{grads:.1e}; state_dict after it (batch-norm statistics): max |difference| {stats:.1e}")
 
 
 def main():

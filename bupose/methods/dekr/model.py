@@ -13,8 +13,9 @@ stage once for all joints, with the branches' weights concatenated in forward in
 norm over all K * C channels and the adaptive convolutions' sampling with the joints in the batch dimension
 (:func:`~bupose.models.layers.fused_block`). That is the same function with the same parameters, gradients and
 batch-norm statistics as the per-branch loop (kept: ``fused_offset_head=False`` /
-:meth:`DEKR.set_fused_offset_head`), with K times fewer, larger operations. Modules with hooks, or branches that
-differ in kind or settings, run in the loop.
+:meth:`DEKR.set_fused_offset_head`), with K times fewer, larger operations. By default (``None``) the fused path is
+used with the ``grid_sample`` adaptive convolution; with ``deform_conv2d`` (whose CPU kernel gained nothing from
+fusion, measured) it needs ``True``. Modules with hooks, or branches that differ in kind or settings, run in the loop.
 
 Parameter names equal the official ones (the model subclasses :class:`~bupose.models.backbones.HRNet`, so the
 backbone's keys are not prefixed), hence official checkpoints load as they are.
@@ -72,14 +73,15 @@ class DEKR(HRNet):
         final_conv_kernel: 1 or 3, the heads' last convolutions.
         adaptive_impl: ``"grid_sample"`` (default; ONNX-exportable) or ``"deform_conv2d"``.
         stem_blocks: Bottleneck blocks in the stem's ``layer1`` (4 as in HRNet).
-        fused_offset_head: run the K offset branches fused (default) or one by one; same results.
+        fused_offset_head: run the K offset branches fused (``True``) or one by one (``False``), same results;
+            ``None`` (default): fused with ``grid_sample``, one by one with ``deform_conv2d``.
     """
 
     def __init__(self, *, stages: Mapping, num_joints: int, heatmap_channels: int = 32, heatmap_blocks: int = 1,
                  heatmap_block: str = "BASIC", heatmap_dilation: int = 1, offset_channels_per_joint: int = 15,
                  offset_blocks: int = 2, offset_block: str = "ADAPTIVE", offset_dilation: int = 1,
                  final_conv_kernel: int = 1, adaptive_impl: str = "grid_sample", stem_blocks: int = 4,
-                 fused_offset_head: bool = True):
+                 fused_offset_head: bool | None = None):
         super().__init__(stages=stages, stem_blocks=stem_blocks)
         if adaptive_impl not in ADAPTIVE_IMPLS:
             raise ValueError(f"adaptive_impl must be one of {ADAPTIVE_IMPLS}, got {adaptive_impl!r}")
@@ -144,20 +146,31 @@ class DEKR(HRNet):
         """Switch the adaptive convolutions to ``"grid_sample"`` or ``"deform_conv2d"`` (same weights)."""
         return set_adaptive_impl(self, impl)
 
-    def set_fused_offset_head(self, fused: bool = True) -> "DEKR":
-        """Run the K offset branches fused (one grouped call per stage) or one by one (same results)."""
-        self.fused_offset_head = bool(fused)
+    def set_fused_offset_head(self, fused: bool | None = True) -> "DEKR":
+        """Run the K offset branches fused (one grouped call per stage), one by one (``False``; same results) or
+        as the default (``None``: fused with ``grid_sample`` only)."""
+        self.fused_offset_head = None if fused is None else bool(fused)
         return self
+
+    @property
+    def offset_head_is_fused(self) -> bool:
+        """Whether :meth:`offset_head` runs the fused path now (the setting, and the branches allow it)."""
+        layers, finals = self.offset_feature_layers, self.offset_final_layer
+        fused = self.fused_offset_head
+        if fused is None:  # the blocks' impl (can_fuse below checks that all branches agree)
+            fused = getattr(getattr(layers[0][0] if len(layers[0]) else None, "adapt_conv", None), "impl", "") \
+                != "deform_conv2d"
+        return (fused and not any(has_hooks(m) for m in (layers, finals, *layers))
+                and all(can_fuse([layer[i] for layer in layers]) for i in range(len(layers[0])))
+                and can_fuse(list(finals)))
 
     def offset_head(self, offset_feats: torch.Tensor) -> torch.Tensor:
         """The K branches: ``(B, K*C, H, W)`` (``transition_offset``'s output) -> offsets ``(B, 2K, H, W)``."""
         layers, finals = self.offset_feature_layers, self.offset_final_layer
-        stages = [[layer[i] for layer in layers] for i in range(len(layers[0]))]
-        if (self.fused_offset_head and all(can_fuse(modules) for modules in stages + [list(finals)])
-                and not any(has_hooks(m) for m in (layers, finals, *layers))):
+        if self.offset_head_is_fused:
             x = offset_feats
-            for blocks in stages:  # block i of every joint at once: (B, K*C, H, W) -> (B, K*C', H, W)
-                x = fused_block(x, blocks)
+            for i in range(len(layers[0])):  # block i of every joint at once: (B, K*C, H, W) -> (B, K*C', H, W)
+                x = fused_block(x, [layer[i] for layer in layers])
             return grouped_conv2d(x, list(finals))
         c = self.offset_prekpt
         return torch.cat([final(layer(offset_feats[:, j * c:(j + 1) * c]))
