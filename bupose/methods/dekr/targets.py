@@ -31,23 +31,11 @@ def person_centers(keypoints: np.ndarray) -> np.ndarray:
 def person_areas(keypoints: np.ndarray) -> np.ndarray:
     """``(N,)``: ``w^2 + h^2`` of the extent of the labelled keypoints (the person's squared diagonal)."""
     kp = np.asarray(keypoints, np.float64)
-    vis = kp[..., 2] > 0
-    big = np.where(vis[..., None], kp[..., :2], np.nan)
-    with np.errstate(all="ignore"), _quiet_nan():
-        ext = np.nanmax(big, 1) - np.nanmin(big, 1)
-    ext = np.nan_to_num(ext)
+    vis = (kp[..., 2] > 0)[..., None]
+    hi = np.where(vis, kp[..., :2], -np.inf).max(1, initial=-np.inf)
+    lo = np.where(vis, kp[..., :2], np.inf).min(1, initial=np.inf)
+    ext = np.where(vis.any(1), hi - lo, 0.0)  # no labelled keypoint: area 0
     return (ext ** 2).sum(1)
-
-
-class _quiet_nan:
-    def __enter__(self):
-        import warnings
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)
 
 
 @dataclass
