@@ -105,6 +105,20 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TRAIN.CLIP_GRAD", 0.0, "clip the gradient norm to this value (0: no clipping)"),
     _opt("TRAIN.AMP", True, "automatic mixed precision on CUDA"),
     _opt("TRAIN.SYNC_BN", False, "synchronised batch norm across processes (CUDA DDP only)"),
+    _opt("TRAIN.NESTEROV", False, "SGD with Nesterov momentum"),
+    _opt("TRAIN.DECAY_NORM_AND_BIAS", True, "weight decay on every parameter (False: not on norm weights and biases, "
+         "as YOLOv5's three parameter groups)"),
+    _opt("TRAIN.LR_SCHEDULE", "step", "step (TRAIN.LR_STEP / LR_FACTOR), cosine or linear (to TRAIN.LR * LR_FINAL)"),
+    _opt("TRAIN.LR_FINAL", 0.01, "cosine / linear schedules: final learning rate as a fraction of TRAIN.LR"),
+    _opt("TRAIN.WARMUP_EPOCHS", 0.0, "linear warm-up length in epochs (0: none)"),
+    _opt("TRAIN.WARMUP_MIN_ITERS", 0, "warm-up lasts at least this many iterations (YOLOv5: 1000)"),
+    _opt("TRAIN.WARMUP_BIAS_LR", 0.0, "warm-up: biases start from this learning rate (YOLOv5: 0.1), the rest from 0"),
+    _opt("TRAIN.WARMUP_MOMENTUM", 0.8, "warm-up: SGD momentum starts from this value"),
+    _opt("TRAIN.NOMINAL_BATCH", 0, "accumulate gradients up to this global batch and scale TRAIN.WD by it "
+         "(YOLOv5: 64; 0: off)"),
+    _opt("TRAIN.EMA", False, "keep an exponential moving average of the weights; validate and export it"),
+    _opt("TRAIN.EMA_DECAY", 0.9999, "EMA decay (ramped up as decay * (1 - exp(-updates / TRAIN.EMA_TAU)))"),
+    _opt("TRAIN.EMA_TAU", 2000.0, "EMA ramp-up, in optimiser steps"),
     # --- testing ----------------------------------------------------------------------------------------------
     _opt("TEST.MODEL_FILE", "", "weights to test (bupose or official checkpoint)"),
     _opt("TEST.FLIP_TEST", True, "average the mirrored image's outputs in"),

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from bupose.config import Config, save_config
 from bupose.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap_state_dict
+from bupose.engine.optim import ModelEMA, Schedule, build_optimizer, learning_rate  # noqa: F401 (re-exported)
 from bupose.inference.predictor import resolve_device
 from bupose.methods import build_method
 
@@ -68,25 +69,6 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         for b in range(len(self)):
             start = b * total + self.rank * self.batch_size
             yield order[start:start + self.batch_size]
-
-
-def learning_rate(cfg: Config, epoch: int) -> float:
-    """Step schedule: ``TRAIN.LR * TRAIN.LR_FACTOR ** (number of TRAIN.LR_STEP milestones <= epoch)``."""
-    return cfg.TRAIN.LR * cfg.TRAIN.LR_FACTOR ** sum(epoch >= s for s in cfg.TRAIN.LR_STEP)
-
-
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.TRAIN
-    params = [p for p in model.parameters() if p.requires_grad]
-    if t.OPTIMIZER == "adam":
-        return torch.optim.Adam(params, lr=t.LR, weight_decay=t.WD)
-    if t.OPTIMIZER == "adamw":
-        return torch.optim.AdamW(params, lr=t.LR, weight_decay=t.WD)
-    if t.OPTIMIZER == "sgd":
-        return torch.optim.SGD(params, lr=t.LR, momentum=t.MOMENTUM, weight_decay=t.WD)
-    from bupose.errors import ConfigError
-
-    raise ConfigError(f"TRAIN.OPTIMIZER {t.OPTIMIZER!r} is not one of adam, adamw, sgd")
 
 
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*",)) -> int:
@@ -163,7 +145,9 @@ class Trainer:
         self.ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                               else None) if self.distributed else model)
         self.loss_fn = self.method.loss_module()
-        self.optimizer = build_optimizer(cfg, model)
+        global_batch = cfg.TRAIN.IMAGES_PER_GPU * self.world_size
+        self.optimizer = build_optimizer(cfg, model, global_batch)
+        self.ema = ModelEMA(model, cfg.TRAIN.EMA_DECAY, cfg.TRAIN.EMA_TAU) if cfg.TRAIN.EMA else None
         self.amp = cfg.TRAIN.AMP and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         if self.distributed and self.rank != 0:
@@ -175,7 +159,9 @@ class Trainer:
                                           cfg.SEED, cfg.TRAIN.SHUFFLE)
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
                                                   num_workers=cfg.WORKERS, pin_memory=device.type == "cuda",
-                                                  persistent_workers=False)
+                                                  persistent_workers=False,
+                                                  collate_fn=getattr(self.dataset, "collate", None))
+        self.schedule = Schedule(cfg, len(self.sampler), global_batch)
         self.start_epoch, self.best, self.history = cfg.TRAIN.BEGIN_EPOCH, -math.inf, []
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, epoch) this run last wrote or resumed from
         ckpt = self.output_dir / "checkpoint.pth"
@@ -186,9 +172,17 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
-        return {"model": unwrap_state_dict(self.ddp), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": epoch, "best_metric": self.best,
-                "history": self.history, "method": self.method.name, "config": self.cfg.to_dict()}
+        state = {"model": unwrap_state_dict(self.ddp), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "epoch": epoch, "best_metric": self.best,
+                 "history": self.history, "method": self.method.name, "config": self.cfg.to_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def _inference_state(self, epoch: int, **extra) -> dict:
+        """What model_best.pth / final_state.pth hold: the weights to test (the EMA when training keeps one)."""
+        weights = self.ema.module.state_dict() if self.ema is not None else unwrap_state_dict(self.ddp)
+        return {"model": weights, "method": self.method.name, "epoch": epoch, **extra}
 
     def _resume(self, path: Path) -> None:
         state = read_checkpoint(path)
@@ -207,6 +201,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
+            else:  # a checkpoint from a run without EMA: start the average from the resumed weights
+                self.ema = ModelEMA(self.model, self.cfg.TRAIN.EMA_DECAY, self.cfg.TRAIN.EMA_TAU)
         self.start_epoch, self.best = state["epoch"], state["best_metric"]
         self.history = list(state.get("history", []))
         self.last_checkpoint = (path, self.start_epoch)
@@ -221,22 +220,22 @@ class Trainer:
         return x
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        lr = learning_rate(self.cfg, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
         self.ddp.train()
         sums: dict[str, float] = {}
         n = 0
         t0 = time.perf_counter()
+        lr = self.schedule.apply(self.optimizer, epoch, 0)
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.TRAIN.END_EPOCH}", disable=not self.progress,
                    leave=False)
+        pending = 0  # iterations whose gradients wait for an optimiser step
         for it, batch in enumerate(bar):
+            lr = self.schedule.apply(self.optimizer, epoch, it)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 outputs = self.ddp(batch["image"])
-            outputs = {k: v.float() for k, v in outputs.items()}
+            outputs = _float(outputs)
             losses = self.loss_fn(outputs, batch, world_size=self.world_size, all_reduce=self._all_reduce_sum)
             loss = losses["loss"]
             bad = (~torch.isfinite(loss.detach())).float()
@@ -244,13 +243,13 @@ class Trainer:
                 bad = self._all_reduce_sum(bad)
             if bad.item() > 0:
                 self._non_finite(epoch, it, losses)
-            self.optimizer.zero_grad(set_to_none=True)
+            if pending == 0:  # zeroed here, not after the step, so hooks can read the step's gradients
+                self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if self.cfg.TRAIN.CLIP_GRAD > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.CLIP_GRAD)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            pending += 1
+            if pending >= self.schedule.accumulation(epoch, it) or it + 1 == len(self.loader):
+                self._step()
+                pending = 0
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n += 1
@@ -260,6 +259,16 @@ class Trainer:
         row = {"epoch": epoch + 1, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()},
                "time_s": time.perf_counter() - t0}
         return row
+
+    def _step(self) -> None:
+        """One optimiser step on the accumulated gradients (clipped when TRAIN.CLIP_GRAD), then the EMA."""
+        if self.cfg.TRAIN.CLIP_GRAD > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.TRAIN.CLIP_GRAD)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def _non_finite(self, epoch: int, it: int, losses: dict[str, torch.Tensor]):
         if torch.isfinite(losses["loss"]):
@@ -284,7 +293,8 @@ class Trainer:
         from bupose.engine.evaluate import evaluate_split
 
         out = self.output_dir / "results" / f"{self.cfg.DATASET.TEST_SET}_epoch{epoch + 1}.json"
-        return evaluate_split(self.cfg, self.model, self.cfg.DATASET.TEST_SET, out, progress=self.progress,
+        model = self.ema.module if self.ema is not None else self.model
+        return evaluate_split(self.cfg, model, self.cfg.DATASET.TEST_SET, out, progress=self.progress,
                               limit=self.cfg.DATASET.MAX_TEST_IMAGES)
 
     def train(self) -> list[dict]:
@@ -301,8 +311,8 @@ class Trainer:
                 row.update(metrics)
                 if metrics["AP"] > self.best:
                     self.best = metrics["AP"]
-                    save_checkpoint({"model": unwrap_state_dict(self.ddp), "method": self.method.name,
-                                     "epoch": epoch + 1, "AP": self.best}, self.output_dir / "model_best.pth")
+                    save_checkpoint(self._inference_state(epoch + 1, AP=self.best),
+                                    self.output_dir / "model_best.pth")
             self.history.append(row)
             if self.rank == 0:
                 save_checkpoint(self._state(epoch + 1), self.output_dir / "checkpoint.pth")
@@ -317,11 +327,21 @@ class Trainer:
                 dist.barrier()
             self.last_checkpoint = (self.output_dir / "checkpoint.pth", epoch + 1)
         if self.rank == 0:
-            save_checkpoint({"model": unwrap_state_dict(self.ddp), "method": self.method.name,
-                             "epoch": cfg.TRAIN.END_EPOCH}, self.output_dir / "final_state.pth")
+            save_checkpoint(self._inference_state(cfg.TRAIN.END_EPOCH), self.output_dir / "final_state.pth")
             if writer is not None:
                 writer.close()
         return self.history
+
+
+def _float(outputs):
+    """Model outputs (tensors, or dicts / lists of them) in float32, e.g. after autocast."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _float(v) for k, v in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(_float(v) for v in outputs)
+    return outputs
 
 
 def _append_csv(path: Path, row: dict) -> None:
