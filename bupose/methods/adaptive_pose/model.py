@@ -1,0 +1,329 @@
+"""The AdaptivePose network (Xiao et al., "AdaptivePose: Human Parts as Adaptive Points", AAAI 2022; AdaptivePose++,
+arXiv 2210.04014) on an HRNet backbone (Sun et al., CVPR 2019), as the official HRNet variant
+(github.com/buptxyb666/AdaptivePose) builds it.
+
+A person is its centre plus one *adaptive point* per body part (COCO: face, shoulders, left/right elbow-wrist,
+hips, left/right knee-ankle; CrowdPose: the same with head-neck instead of the face). Keypoints are reached in two
+hops: centre -> the part's adaptive point -> the part's keypoints.
+
+* backbone: HRNet; only its highest-resolution (stride 4) branch is used: the last module of the last stage fuses
+  into that branch alone, as in the official model (so its ``fuse_layers`` has one row);
+* ``hm`` and ``hps``: 3x3 conv (with bias) + ReLU from the backbone to ``head_channels`` (256): the centre and the
+  keypoint features;
+* ``sampler.searcher``: 3x3 conv, keypoint features -> the adaptive points, ``(dx, dy)`` per part (the first hop);
+* Part Perception Module, per part ``p``: ``sampler.feat_trans[p]`` (1x1 conv-BN-ReLU to ``part_channels``, 64),
+  ``sampler.feat_agg[p]`` (modulated 3x3 deformable conv, DCNv2), features warped to the adaptive point, and
+  ``sampler.pred_kps_list[p]`` (1x1 conv) regressing the part's keypoints from there (the second hop);
+* Enhanced Centre-aware Branch: ``sampler.ct_feat_trans`` (1x1 conv) of the centre features warped to every
+  adaptive point, concatenated with the centre features, ``sampler.squeeze_ct`` (3x3 conv + ReLU) and
+  ``sampler.pred_ct_hm`` (1x1 conv) -> the centre heatmap;
+* ``hm_hp`` (training only, optional): 3x3 conv + ReLU + 1x1 conv -> auxiliary keypoint heatmaps.
+
+Parameter names equal the official (master-branch) ones, so official checkpoints load as they are (see
+``convert.py``). The official DCNv2 op and the flownet2 ``Resample2d`` warp are replaced by
+:func:`torchvision.ops.deform_conv2d` (with mask) and :func:`warp` (``grid_sample``), which compute the same.
+
+Coordinates: output cell ``(i, j)`` (row, column) is the point ``(x, y) = (j, i)`` in output-map pixels (a
+stride of 4 input pixels; pixel centres at integers, CenterNet's convention). All offsets are ``(dx, dy)`` in
+output-map pixels, relative to the cell that predicts them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import deform_conv2d
+
+from bupose.data.keypoints import KeypointSpec, get_spec
+from bupose.errors import ConfigError
+from bupose.models.backbones.hrnet import HRNet
+
+
+@dataclass(frozen=True)
+class BodyPart:
+    """A body part: its name and the names of its keypoints, in the order its regression head outputs them."""
+
+    name: str
+    keypoints: tuple[str, ...]
+
+
+def _limbs() -> tuple[BodyPart, ...]:
+    return (BodyPart("shoulder", ("left_shoulder", "right_shoulder")),
+            BodyPart("left_elbow_wrist", ("left_elbow", "left_wrist")),
+            BodyPart("right_elbow_wrist", ("right_elbow", "right_wrist")),
+            BodyPart("hip", ("left_hip", "right_hip")),
+            BodyPart("left_knee_ankle", ("left_knee", "left_ankle")),
+            BodyPart("right_knee_ankle", ("right_knee", "right_ankle")))
+
+
+#: the official part lists per keypoint layout (``KeypointSpec.name``); the order is that of the official modules
+PARTS: dict[str, tuple[BodyPart, ...]] = {
+    "coco": (BodyPart("face", ("nose", "left_eye", "right_eye", "left_ear", "right_ear")),) + _limbs(),
+    "crowdpose": _limbs() + (BodyPart("head", ("head", "neck")),),
+}
+
+
+def body_parts(keypoint_spec: KeypointSpec | str,
+               parts: Sequence[BodyPart | Sequence] | None = None) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The parts of a keypoint layout as ``((name, keypoint indices), ...)``.
+
+    ``parts`` (optional; ``BodyPart`` or ``[name, [keypoint names]]`` items) overrides the official table
+    :data:`PARTS`. Every keypoint of the layout must belong to exactly one part."""
+    spec = get_spec(keypoint_spec) if isinstance(keypoint_spec, str) else keypoint_spec
+    if parts is None:
+        if spec.name not in PARTS:
+            raise ConfigError(f"AdaptivePose has no body-part table for the keypoint layout {spec.name!r} (known: "
+                              f"{sorted(PARTS)}); give the parts in MODEL.SPEC.PARTS as [name, [keypoint names]]")
+        parts = PARTS[spec.name]
+    parts = [p if isinstance(p, BodyPart) else BodyPart(str(p[0]), tuple(p[1])) for p in parts]
+    out, seen = [], {}
+    for part in parts:
+        if not part.keypoints:
+            raise ConfigError(f"AdaptivePose body part {part.name!r} has no keypoints")
+        for name in part.keypoints:
+            if name not in spec.names:
+                raise ConfigError(f"AdaptivePose body part {part.name!r}: keypoint {name!r} is not in the "
+                                  f"{spec.name!r} layout {list(spec.names)}")
+            if name in seen:
+                raise ConfigError(f"keypoint {name!r} is in two AdaptivePose body parts: {seen[name]!r} and "
+                                  f"{part.name!r}")
+            seen[name] = part.name
+        out.append((part.name, tuple(spec.index(n) for n in part.keypoints)))
+    lost = [n for n in spec.names if n not in seen]
+    if lost:
+        raise ConfigError(f"keypoints {lost} of the {spec.name!r} layout are in no AdaptivePose body part")
+    return tuple(out)
+
+
+def warp(features: torch.Tensor, displacement: torch.Tensor, align_corners: bool = True) -> torch.Tensor:
+    """``features`` sampled at every cell displaced by ``displacement``: the official ``Resample2d`` warp.
+
+    ``features``: ``(B, C, H, W)``; ``displacement``: ``(B, 2, H, W)``, ``(dx, dy)`` in pixels. Output ``(B, C, H,
+    W)``: at cell ``(i, j)``, ``features`` bilinearly interpolated at ``(x, y) = (j + dx, i + dy)``, the point clamped
+    into ``[0, W - 1] x [0, H - 1]`` (``grid_sample`` with ``align_corners=True`` and border padding); an integer
+    point returns that pixel.
+
+    ``align_corners=False`` reproduces the official ``new_ops`` branch run on PyTorch >= 1.3 (it normalises the
+    points for ``align_corners=True`` but calls ``grid_sample`` with the new default, ``False``): it samples at
+    ``(x W / (W - 1) - 1/2, y H / (H - 1) - 1/2)`` instead, clamped the same way."""
+    b, _, h, w = displacement.shape
+    xs = torch.arange(w, dtype=displacement.dtype, device=displacement.device).view(1, 1, w)
+    ys = torch.arange(h, dtype=displacement.dtype, device=displacement.device).view(1, h, 1)
+    gx = (xs + displacement[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    gy = (ys + displacement[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=align_corners)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """DCNv2 (modulated deformable convolution) with its own offset/mask predictor, ``(B, C, H, W) ->
+    (B, C', H, W)``, keys as the official ``DCN``: ``weight``, ``bias``, ``conv_offset_mask.{weight,bias}``.
+
+    ``conv_offset_mask`` (same kernel, stride and padding) gives 3 * k * k channels: the first 2 k k are the
+    offsets in deform_conv2d's layout (``[dy0, dx0, dy1, dx1, ...]``), the last k k the mask logits."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, dilation: int = 1):
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.conv_offset_mask = nn.Conv2d(in_channels, 3 * kernel_size * kernel_size, kernel_size, stride,
+                                          padding, dilation=dilation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: weight U(+-1/sqrt(fan_in)), zero bias, zero offsets and mask logits."""
+        bound = (self.weight[0].numel()) ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = self.conv_offset_mask(x)
+        n = params.shape[1] // 3
+        return deform_conv2d(x, params[:, :2 * n], self.weight, self.bias, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation, mask=params[:, 2 * n:].sigmoid())
+
+
+class _ConvBNReLU(nn.Module):
+    """conv (bias only without BN), BN or nothing, ReLU; keys ``conv.*``, ``bn.*`` as the official module."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, with_bn: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size - 1) // 2,
+                              bias=not with_bn)
+        self.bn = nn.BatchNorm2d(out_channels) if with_bn else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class AdaptivePointHead(nn.Module):
+    """The Part Perception Module and the Enhanced Centre-aware Branch (the official ``Feat_sampler``).
+
+    ``forward(kps_feat, ct_feat)``, both ``(B, head_channels, H, W)`` -> ``(offset (B, 2K, H, W), centre logits
+    (B, 1, H, W), adaptive points (B, 2P, H, W))`` with the layouts of :class:`AdaptivePose`.
+
+    Args:
+        parts: ``((name, keypoint indices), ...)``, the body parts in module order (:func:`body_parts`).
+        head_channels: channels of the centre and keypoint features.
+        part_channels: channels of the per-part features (official: 64).
+        warp_align_corners: :func:`warp`'s ``align_corners`` (``True``: the official master branch).
+    """
+
+    def __init__(self, *, parts: Sequence[tuple[str, Sequence[int]]], head_channels: int = 256,
+                 part_channels: int = 64, warp_align_corners: bool = True):
+        super().__init__()
+        self.warp_align_corners = warp_align_corners
+        self.part_names = tuple(name for name, _ in parts)
+        self.part_sizes = tuple(len(kps) for _, kps in parts)
+        p = len(parts)
+        self.searcher = nn.Conv2d(head_channels, 2 * p, 3, padding=1)
+        self.feat_trans = nn.ModuleList(_ConvBNReLU(head_channels, part_channels, 1) for _ in range(p))
+        self.feat_agg = nn.ModuleList(ModulatedDeformConv2d(part_channels, part_channels) for _ in range(p))
+        self.pred_kps_list = nn.ModuleList(nn.Conv2d(part_channels, 2 * n, 1) for n in self.part_sizes)
+        self.ct_feat_trans = nn.Conv2d(head_channels, part_channels, 1)
+        self.squeeze_ct = _ConvBNReLU(part_channels * p + head_channels, part_channels, 3, with_bn=False)
+        self.pred_ct_hm = nn.Conv2d(part_channels, 1, 1)
+        # channel c of the keypoint-ordered offsets is channel order[c] of the part-ordered ones
+        part_order = [k for _, kps in parts for k in kps]
+        position = {k: i for i, k in enumerate(part_order)}
+        order = [2 * position[k] + c for k in range(len(part_order)) for c in (0, 1)]
+        self.register_buffer("keypoint_channels", torch.tensor(order, dtype=torch.long), persistent=False)
+
+    def forward(self, kps_feat: torch.Tensor, ct_feat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        points = self.searcher(kps_feat)
+        ct_proj = self.ct_feat_trans(ct_feat)
+        centre_feats, offsets = [ct_feat], []
+        for i, n in enumerate(self.part_sizes):
+            point = points[:, 2 * i:2 * i + 2]
+            part_feat = warp(self.feat_agg[i](self.feat_trans[i](kps_feat)), point, self.warp_align_corners)
+            offsets.append(self.pred_kps_list[i](part_feat) + point.repeat(1, n, 1, 1))
+            centre_feats.append(warp(ct_proj, point, self.warp_align_corners))
+        offset = torch.cat(offsets, dim=1).index_select(1, self.keypoint_channels)
+        centre = self.pred_ct_hm(self.squeeze_ct(torch.cat(centre_feats, dim=1)))
+        return offset, centre, points
+
+
+class AdaptivePose(HRNet):
+    """AdaptivePose: ``(B, 3, H, W) ->`` a dict with, at the output stride 4 (``h, w = ceil(H/4), ceil(W/4)``):
+
+    * ``"center"``: ``(B, 1, h, w)`` person-centre heatmap *logits* (the official model's ``hm``; apply a sigmoid);
+    * ``"offset"``: ``(B, 2K, h, w)``: channels ``(2k, 2k+1)`` are ``(dx, dy)`` of keypoint ``k`` (the keypoint
+      spec's order) from the cell: for a person whose centre is cell ``(i, j)``, keypoint ``k`` is at
+      ``(j + dx, i + dy)`` in output-map pixels (official ``hps``);
+    * ``"part_offset"``: ``(B, 2P, h, w)``: the adaptive points, ``(dx, dy)`` of part ``p`` (in :attr:`part_names`
+      order) from the cell, same units (official ``ap``); each part's keypoint offsets include it;
+    * ``"aux_heatmap"``: ``(B, K, h, w)`` keypoint heatmap logits (official ``hm_hp``); only with ``with_aux``
+      (default: in training mode) and a model built with ``aux_heatmap=True``.
+
+    Args:
+        stages: ``MODEL.SPEC.STAGES`` of the HRNet backbone.
+        parts: ``((name, keypoint indices), ...)`` (:func:`body_parts`); K is the number of keypoints in them.
+        head_channels: channels of the centre/keypoint feature convs (official: 256).
+        part_channels: channels of the per-part features (official: 64).
+        aux_heatmap: build the auxiliary keypoint-heatmap head ``hm_hp`` (used for training only).
+        stem_blocks: Bottleneck blocks in the stem's ``layer1`` (4 as in HRNet).
+        warp_align_corners: ``True`` (default): the official master branch's warp; ``False``: that of the
+            ``new_ops`` branch on PyTorch >= 1.3, for models trained with it (see :func:`warp`).
+    """
+
+    def __init__(self, *, stages: Mapping, parts: Sequence[tuple[str, Sequence[int]]], head_channels: int = 256,
+                 part_channels: int = 64, aux_heatmap: bool = True, stem_blocks: int = 4,
+                 warp_align_corners: bool = True):
+        super().__init__(stages=stages, stem_blocks=stem_blocks)
+        keypoints = sorted(k for _, kps in parts for k in kps)
+        if keypoints != list(range(len(keypoints))) or not keypoints:
+            raise ConfigError(f"AdaptivePose parts must hold the keypoints 0..K-1 once each, got {list(parts)}")
+        self.num_joints = len(keypoints)
+        last = getattr(self, f"stage{self.num_stages + 1}")[-1]
+        if last.fuse_layers is not None:  # the official last module outputs the highest resolution only
+            last.fuse_layers = nn.ModuleList([last.fuse_layers[0]])
+        self.out_channels = last.out_channels[0]
+        c = self.out_channels
+        self.hm = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.hps = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.hm_hp = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True),
+                                   nn.Conv2d(head_channels, self.num_joints, 1)) if aux_heatmap else None
+        self.sampler = AdaptivePointHead(parts=parts, head_channels=head_channels, part_channels=part_channels,
+                                         warp_align_corners=warp_align_corners)
+        self.init_weights()
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return self.sampler.part_names
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.sampler.part_names)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping, keypoint_spec: KeypointSpec | str) -> "AdaptivePose":
+        """Build from a ``MODEL.SPEC`` dict (see :func:`build_adaptive_pose`) and the keypoint layout."""
+        _check_spec(spec)
+        return cls(stages=spec["STAGES"], parts=body_parts(keypoint_spec, spec.get("PARTS")),
+                   head_channels=spec.get("HEAD_CHANNELS", 256), part_channels=spec.get("PART_CHANNELS", 64),
+                   aux_heatmap=spec.get("AUX_HEATMAP", True), stem_blocks=spec.get("STEM_BLOCKS", 4),
+                   warp_align_corners=spec.get("WARP_ALIGN_CORNERS", True))
+
+    def init_weights(self) -> None:
+        """The official training initialisation of the heads (the backbone keeps PyTorch's defaults; it is
+        normally loaded from ImageNet weights): the adaptive points start at the centre (``searcher`` zero), the
+        heatmap logits at -2.19, the keypoint regressors N(0, 0.001) with zero bias, the deformable convs with zero
+        offsets, ``hps``' bias zero."""
+        nn.init.zeros_(self.hps[0].bias)
+        if self.hm_hp is not None:
+            nn.init.constant_(self.hm_hp[2].bias, -2.19)
+        s = self.sampler
+        nn.init.zeros_(s.searcher.weight)
+        nn.init.zeros_(s.searcher.bias)
+        nn.init.constant_(s.pred_ct_hm.bias, -2.19)
+        for conv in s.pred_kps_list:
+            nn.init.normal_(conv.weight, std=0.001)
+            nn.init.zeros_(conv.bias)
+        for dcn in s.feat_agg:
+            dcn.reset_parameters()
+
+    def forward(self, x: torch.Tensor, with_aux: bool | None = None) -> dict[str, torch.Tensor]:
+        feats = self.forward_branches(x)[0]
+        offset, centre, points = self.sampler(self.hps(feats), self.hm(feats))
+        out = {"center": centre, "offset": offset, "part_offset": points}
+        if self.hm_hp is not None and (self.training if with_aux is None else with_aux):
+            out["aux_heatmap"] = self.hm_hp(feats)
+        return out
+
+
+_SPEC_FIELDS = ("STAGES", "PRETRAINED_LAYERS", "STEM_BLOCKS", "HEAD_CHANNELS", "PART_CHANNELS", "AUX_HEATMAP",
+                "WARP_ALIGN_CORNERS", "PARTS")
+
+
+def _check_spec(spec: Mapping) -> None:
+    unknown = [k for k in spec if k not in _SPEC_FIELDS]
+    if unknown or "STAGES" not in spec:
+        missing = [] if "STAGES" in spec else ["STAGES"]
+        raise ConfigError(f"MODEL.SPEC for adaptive_pose: missing fields {missing}, unknown fields {unknown} "
+                          f"(known: {list(_SPEC_FIELDS)})")
+    for key in ("HEAD_CHANNELS", "PART_CHANNELS", "STEM_BLOCKS"):
+        value = spec.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"MODEL.SPEC.{key} must be a positive integer, got {value!r}")
+    for key in ("AUX_HEATMAP", "WARP_ALIGN_CORNERS"):
+        if not isinstance(spec.get(key, True), bool):
+            raise ConfigError(f"MODEL.SPEC.{key} must be true or false, got {spec[key]!r}")
+
+
+def build_adaptive_pose(spec: Mapping, keypoint_spec: KeypointSpec | str) -> AdaptivePose:
+    """AdaptivePose from a ``MODEL.SPEC`` dict and the keypoint layout (a :class:`KeypointSpec` or its name).
+
+    ``MODEL.SPEC`` fields: ``STAGES`` (the HRNet layout, as in the DEKR experiment files; official W32: channels
+    32/64/128/256, NUM_MODULES [1, 4, 3], 4 blocks per branch); optional ``HEAD_CHANNELS`` (256),
+    ``PART_CHANNELS`` (64), ``AUX_HEATMAP`` (true), ``STEM_BLOCKS`` (4), ``WARP_ALIGN_CORNERS`` (true; false for
+    models trained with the official ``new_ops`` branch, see :func:`warp`), ``PRETRAINED_LAYERS`` (not used here),
+    ``PARTS`` (``[[name, [keypoint names]], ...]``; default: the official parts of the layout, :data:`PARTS`)."""
+    return AdaptivePose.from_spec(spec, keypoint_spec)
