@@ -16,6 +16,7 @@ setup(
         "pycocotools",
         "faster-coco-eval",
         "albumentations",
+        "pillow",
         "pyyaml",
         "tqdm",
     ],

@@ -57,8 +57,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DEVICE", "auto", "auto (cuda when available), cpu, or cuda[:N]"),
     # --- data -------------------------------------------------------------------------------------------------
     _opt("DATASET.DATASET", "synthetic_crowdpose",
-         "dataset: coco, crowdpose, ochuman, synthetic_crowdpose, synthetic_coco (layouts in datasets/README.md)"),
-    _opt("DATASET.ROOT", "datasets", "folder holding the datasets (relative paths are taken from the repo root)"),
+         "dataset: coco, crowdpose, ochuman, synthetic_crowdpose, synthetic_coco, or yolo (an ultralytics YOLO-pose "
+         "set; layouts in datasets/README.md)"),
+    _opt("DATASET.ROOT", "datasets", "folder holding the datasets (relative paths are taken from the repo root); "
+         "for yolo: the data yaml"),
     _opt("DATASET.TRAIN_SET", "train", "split used for training (coco: train2017; crowdpose: train/trainval)"),
     _opt("DATASET.TEST_SET", "val", "split used for validation and testing"),
     _opt("DATASET.NUM_JOINTS", 14, "keypoints per person; must match the dataset's layout"),
@@ -72,6 +74,11 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DATASET.MAX_TRANSLATE", 40, "affine pipeline: maximum translation in input pixels"),
     _opt("DATASET.FLIP", 0.5, "probability of a horizontal flip (with left/right keypoint swap)"),
     _opt("DATASET.MOSAIC", 1.0, "letterbox pipeline: probability of a 4-image mosaic"),
+    _opt("DATASET.SCALE_JITTER", 0.5, "letterbox pipeline: random scale factor U(1 - s, 1 + s)"),
+    _opt("DATASET.TRANSLATE", 0.1, "letterbox pipeline: random translation as a fraction of the input size"),
+    _opt("DATASET.SHEAR", 0.0, "letterbox pipeline: maximum shear in degrees"),
+    _opt("DATASET.HSV", [0.015, 0.7, 0.4], "letterbox pipeline: YOLO HSV gains (hue, saturation, value); "
+         "[0, 0, 0]: off"),
     _opt("DATASET.PHOTOMETRIC", True, "photometric augmentation (colour, blur, noise) during training"),
     _opt("DATASET.SYNTHETIC_TRAIN_IMAGES", 1600, "synthetic dataset: training images to generate"),
     _opt("DATASET.SYNTHETIC_VAL_IMAGES", 400, "synthetic dataset: validation images to generate"),
@@ -89,6 +96,8 @@ SCHEMA: tuple[Option, ...] = (
     # --- losses -----------------------------------------------------------------------------------------------
     _opt("LOSS.HEATMAPS_LOSS_FACTOR", 1.0, "weight of the heatmap loss"),
     _opt("LOSS.OFFSETS_LOSS_FACTOR", 0.03, "weight of the offset regression loss"),
+    _opt("LOSS.GAINS", {}, "YOLO-Pose: overrides of the official loss gains, e.g. {KPT: 0.1, OBJ: 0.75} (keys: BOX, "
+         "OBJ, CLS, KPT, KPT_CONF, L1_KPT)"),
     # --- training ---------------------------------------------------------------------------------------------
     _opt("TRAIN.BEGIN_EPOCH", 0, "first epoch (resume sets it from the checkpoint)"),
     _opt("TRAIN.END_EPOCH", 140, "number of epochs"),
@@ -132,6 +141,15 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TEST.POOL_THRESHOLD1", 300, "DEKR: centre max-pool kernel 7 above this map size"),
     _opt("TEST.POOL_THRESHOLD2", 200, "DEKR: centre max-pool kernel 5 above this map size (else 3)"),
     _opt("TEST.FLIP_SHIFT", 3, "DEKR: input pixels the mirrored image is shifted left (aligns it to stride 4)"),
+    _opt("TEST.IOU_THRESHOLD", 0.65, "YOLO-Pose: box NMS IoU (also groups candidates for TEST.FUSE_KEYPOINTS)"),
+    _opt("TEST.NMS_KIND", "box", "YOLO-Pose: box (official) or oks (pose NMS with TEST.OKS_THRESHOLD)"),
+    _opt("TEST.OKS_THRESHOLD", 0.7, "OKS NMS: a candidate with OKS above this to a kept pose is a duplicate"),
+    _opt("TEST.SCORE_KIND", "box", "YOLO-Pose person score: box (objectness x class) or box_x_keypoint (times the "
+         "mean keypoint confidence)"),
+    _opt("TEST.FUSE_KEYPOINTS", False, "YOLO-Pose: keypoints of a kept person = confidence-weighted average over "
+         "the candidates it suppressed"),
+    _opt("TEST.OFFICIAL_COORDINATES", False, "YOLO-Pose: map back as the official scale_coords (pixel-corner "
+         "convention, 0.5 px from bupose's pixel centres)"),
     _opt("TEST.RESCORE_FILE", "", "DEKR rescoring-net weights (empty: scores as decoded)"),
 )
 

@@ -438,3 +438,84 @@ def test_samples_without_people(rng):
     out = LetterboxTrain(COCO17, input_size=256)(empty, rng)
     assert out["keypoints"].shape == (0, 17, 3) and out["boxes"].shape == (0, 4)
     assert out["source_index"].shape == (0,) and out["mask"].min() == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HSV (YOLO-style gains)
+# ---------------------------------------------------------------------------------------------------------------
+from bupose.data.pipelines import HSV  # noqa: E402
+
+
+def _hsv_image(h, s, v, shape=(8, 10)):
+    hsv = np.empty(shape + (3,), np.uint8)
+    hsv[...] = (h, s, v)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def test_hsv_zero_gains_is_identity(rng):
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    g = np.random.default_rng(5)
+    out = HSV(hgain=0, sgain=0, vgain=0)(img, g)
+    np.testing.assert_array_equal(out, img)
+    assert out is not img
+    assert g.random() == np.random.default_rng(5).random()  # nothing drawn
+
+
+def test_hsv_seeded_and_input_untouched(rng):
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    keep = img.copy()
+    a = HSV()(img, np.random.default_rng(3))
+    b = HSV()(img, np.random.default_rng(3))
+    c = HSV()(img, np.random.default_rng(4))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, img)
+    np.testing.assert_array_equal(img, keep)
+    np.testing.assert_array_equal(HSV(seed=9)(img), HSV(seed=9)(img))
+    out = HSV()({"image": img, "keypoints": 1}, 3)
+    np.testing.assert_array_equal(out["image"], a)
+    assert out["keypoints"] == 1
+
+
+def test_hsv_tables():
+    scale, shift = HSV(hue_mode="scale"), HSV(hue_mode="shift")
+    hue, sat, val = scale.tables([1.015, 1.5, 0.5])
+    assert hue[100] == 101 and hue[179] == 1  # int(179 * 1.015 % 180): wraps around 180
+    assert sat[100] == 150 and sat[200] == 255 and val[201] == 100  # scaled, clipped, truncated
+    hue, _, _ = shift.tables([1 + 10 / 180, 1, 1])
+    assert hue[10] == 20 and hue[175] == 5
+    hue, _, _ = shift.tables([1 - 10 / 180, 1, 1])
+    assert hue[3] == 173
+    for t in scale.tables([1, 1, 1]):
+        np.testing.assert_array_equal(t[:180], np.arange(180))
+
+
+def test_hsv_hue_wraps_on_images():
+    img = _hsv_image(175, 255, 255)
+    seed = next(s for s in range(100) if np.random.default_rng(s).uniform(-1, 1, 3)[0] > 0.3)
+    shift = np.random.default_rng(seed).uniform(-1, 1, 3)[0] * 0.5 * 180  # > 27 degrees of OpenCV hue
+    out = HSV(hgain=0.5, sgain=0, vgain=0, hue_mode="shift")(img, np.random.default_rng(seed))
+    h = cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[..., 0]
+    expected = int((175 + shift) % 180)
+    assert expected < 90 and np.abs(h.astype(int) - expected).max() <= 1
+    # YOLOv5's multiplicative hue gain wraps the same way
+    seed = next(s for s in range(100) if np.random.default_rng(s).uniform(-1, 1, 3)[0] > 0.5)
+    gain = 1 + np.random.default_rng(seed).uniform(-1, 1, 3)[0] * 0.1
+    out = HSV(hgain=0.1, sgain=0, vgain=0)(img, np.random.default_rng(seed))
+    h = cv2.cvtColor(out, cv2.COLOR_BGR2HSV)[..., 0]
+    assert np.abs(h.astype(int) - int(175 * gain % 180)).max() <= 1 and h.max() < 15  # 175 * 1.1 = 192.5
+
+
+def test_hsv_value_gain_range():
+    grey = _hsv_image(0, 0, 100)
+    vals = [int(cv2.cvtColor(HSV(hgain=0, sgain=0, vgain=0.4)(grey, s), cv2.COLOR_BGR2HSV)[0, 0, 2])
+            for s in range(40)]
+    assert 60 <= min(vals) < 80 and 120 < max(vals) <= 140
+
+
+def test_hsv_bad_arguments(rng):
+    with pytest.raises(ConfigError, match="sgain"):
+        HSV(sgain=-1)
+    with pytest.raises(ConfigError, match="hue_mode"):
+        HSV(hue_mode="rotate")
+    with pytest.raises(DataError, match="HSV"):
+        HSV()(np.zeros((4, 4), np.uint8), rng)

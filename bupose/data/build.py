@@ -4,11 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from bupose.data.coco_format import CocoKeypointDataset, build_dataset
+from bupose.data.yolo_format import YoloPoseDataset
 
 
-def prepare_dataset(cfg, split: str, **kwargs) -> CocoKeypointDataset:
+def prepare_dataset(cfg, split: str, **kwargs) -> CocoKeypointDataset | YoloPoseDataset:
     """The reader of ``cfg.DATASET.DATASET``'s ``split`` under ``cfg.DATASET.ROOT``; the synthetic dataset is
-    generated on first use. ``kwargs`` go to :class:`CocoKeypointDataset` (e.g. ``min_people=1`` for training)."""
+    generated on first use. For ``yolo`` (an Ultralytics YOLO-pose dataset), ``DATASET.ROOT`` is the data YAML and
+    ``split`` one of its keys. ``kwargs`` go to the reader (e.g. ``min_people=1`` for training)."""
     name = cfg.DATASET.DATASET
     if name.startswith("synthetic"):
         from bupose.data.synthetic import ensure_synthetic

@@ -588,7 +588,7 @@ def _layout(name: str) -> DatasetLayout:
     try:
         return DATASET_LAYOUTS[name.lower()]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {sorted(DATASET_LAYOUTS)}") from None
+        raise DataError(f"unknown dataset {name!r}; known datasets: {sorted(DATASET_LAYOUTS) + ['yolo']}") from None
 
 
 def dataset_files(name: str, root: str | Path = "datasets", split: str = "val",
@@ -598,7 +598,15 @@ def dataset_files(name: str, root: str | Path = "datasets", split: str = "val",
     Names: ``coco`` (train, val), ``crowdpose`` (train, val, trainval, test), ``ochuman`` (val, test),
     ``synthetic_crowdpose`` and ``synthetic_coco`` (train, val); see ``datasets/README.md``. With ``check``, a
     missing file or folder raises :class:`DataError` naming the expected path.
+
+    ``yolo`` (an Ultralytics YOLO-pose dataset, :mod:`bupose.data.yolo_format`): ``root`` is the data YAML and the
+    result is ``(data YAML, the split's image folder or list file)``; ``check`` also reads the YAML and checks that
+    it has the split.
     """
+    if name.lower() == "yolo":
+        from .yolo_format import yolo_dataset_files
+
+        return yolo_dataset_files(root, split, check)
     layout = _layout(name)
     key = _SPLIT_ALIASES.get(split, split)
     if key not in layout.splits:
@@ -616,13 +624,26 @@ def dataset_files(name: str, root: str | Path = "datasets", split: str = "val",
     return ann_file, image_root
 
 
-def dataset_spec(name: str) -> KeypointSpec:
-    """The keypoint layout of a dataset name of :data:`DATASET_LAYOUTS`."""
+def dataset_spec(name: str, root: str | Path | None = None) -> KeypointSpec:
+    """The keypoint layout of a dataset name of :data:`DATASET_LAYOUTS` (``root`` is not needed), or, for
+    ``yolo``, the layout that the data YAML ``root`` declares."""
+    if name.lower() == "yolo":
+        from .yolo_format import yolo_spec
+
+        return yolo_spec(root)
     return get_spec(_layout(name).spec)
 
 
-def build_dataset(name: str, root: str | Path = "datasets", split: str = "val", **kwargs) -> CocoKeypointDataset:
-    """:class:`CocoKeypointDataset` for a dataset split in the standard layout; ``kwargs`` go to the constructor."""
+def build_dataset(name: str, root: str | Path = "datasets", split: str = "val", **kwargs):
+    """:class:`CocoKeypointDataset` for a dataset split in the standard layout; ``kwargs`` go to the constructor.
+
+    For ``yolo``, ``root`` is the data YAML and the reader is a :class:`~bupose.data.yolo_format.YoloPoseDataset`
+    (same interface; ``kwargs``: ``on_error``, ``min_people``, ``transform``, ``area_factor``).
+    """
+    if name.lower() == "yolo":
+        from .yolo_format import YoloPoseDataset
+
+        return YoloPoseDataset(root, split, **kwargs)
     ann_file, image_root = dataset_files(name, root, split)
     kwargs.setdefault("spec", dataset_spec(name))
     return CocoKeypointDataset(ann_file, image_root, **kwargs)

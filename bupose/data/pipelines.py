@@ -13,6 +13,7 @@ by that same matrix, so they stay aligned exactly.
 * :class:`TestResize` -- test-time resize by the short side (multi-scale testing) with an exact inverse;
   :func:`to_image_coords` maps network-input or heatmap coordinates back to the image.
 * :class:`Photometric` -- colour / blur / noise augmentation through albumentations, image only, seeded.
+* :class:`HSV` -- YOLO-style random hue / saturation / value gains through lookup tables, image only, seeded.
 * :func:`to_tensor` / :func:`denormalize` -- BGR uint8 <-> ImageNet-normalised RGB float tensors.
 
 Masks: pipelines return ``mask`` as float32 **loss weights: 1 = use the pixel, 0 = ignore it** (the complement of
@@ -34,7 +35,7 @@ from bupose.data.sample import Sample
 from bupose.errors import ConfigError, DataError
 
 __all__ = ["BottomUpAffine", "Letterbox", "LetterboxTrain", "TestResize", "Resized", "letterbox",
-           "to_image_coords", "Photometric", "to_tensor", "denormalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "to_image_coords", "Photometric", "HSV", "to_tensor", "denormalize", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGENET_STD = (0.229, 0.224, 0.225)  # RGB
@@ -640,6 +641,62 @@ class Photometric:
         out = self.compose(image=rgb)["image"]
         return np.ascontiguousarray(out[..., ::-1])
 
+
+class HSV:
+    """YOLO-style random HSV gains (YOLOv5's ``augment_hsv``, Jocher et al., Ultralytics): image only, seeded.
+
+    Three gains ``r = 1 + uniform(-1, 1) * (hgain, sgain, vgain)`` are drawn per call; the image is converted to
+    OpenCV's uint8 HSV (hue 0..179, saturation and value 0..255) and each channel goes through a 256-entry lookup
+    table: saturation and value are scaled by their gain and clipped to 0..255; hue is either scaled by its gain
+    (``hue_mode="scale"``, YOLOv5 and Ultralytics <= 8.3.78) or shifted by ``(r_h - 1) * 180`` (``"shift"``,
+    Ultralytics >= 8.3.79), in both cases modulo 180 so that it wraps around the colour circle. Table values are
+    truncated to integers, as in YOLOv5.
+
+    Call: ``hsv(x, rng=None)`` with ``x`` a ``(H, W, 3)`` uint8 BGR image (returns a new image; the input is not
+    modified) or a dict with an ``"image"`` entry (returns a shallow copy with only ``"image"`` replaced). The gains
+    are drawn from ``rng`` (a ``numpy.random.Generator`` or an int seed); without ``rng``, from the instance's own
+    generator seeded by ``seed``. With all three gains 0 the image is returned unchanged (a copy) and nothing is
+    drawn.
+    """
+
+    def __init__(self, hgain: float = 0.015, sgain: float = 0.7, vgain: float = 0.4, hue_mode: str = "scale",
+                 seed: int | None = None):
+        for name, g in (("hgain", hgain), ("sgain", sgain), ("vgain", vgain)):
+            if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0):
+                raise ConfigError(f"HSV: {name} is {g!r}, expected a finite number >= 0")
+        if hue_mode not in ("scale", "shift"):
+            raise ConfigError(f"HSV: hue_mode is {hue_mode!r}, expected 'scale' (YOLOv5) or 'shift' (Ultralytics "
+                              f">= 8.3.79)")
+        self.gains = np.array([hgain, sgain, vgain], np.float64)
+        self.hue_mode = hue_mode
+        self._rng = np.random.default_rng(seed)
+
+    def __call__(self, x, rng=None):
+        rng = self._rng if rng is None else _rng(rng)
+        if isinstance(x, dict):
+            out = dict(x)
+            out["image"] = self._apply(x["image"], rng)
+            return out
+        return self._apply(x, rng)
+
+    def tables(self, gains) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The uint8 lookup tables ``(hue, saturation, value)`` for drawn gains ``r`` (3 numbers around 1)."""
+        rh, rs, rv = (float(g) for g in gains)
+        x = np.arange(256, dtype=np.float64)
+        hue = (x * rh if self.hue_mode == "scale" else x + (rh - 1.0) * 180.0) % 180
+        sat = np.clip(x * rs, 0, 255)
+        val = np.clip(x * rv, 0, 255)
+        return hue.astype(np.uint8), sat.astype(np.uint8), val.astype(np.uint8)
+
+    def _apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        img = _check_image(image, "HSV")
+        if not self.gains.any():
+            return img.copy()
+        gains = 1.0 + rng.uniform(-1.0, 1.0, 3) * self.gains
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV)
+        for c, table in enumerate(self.tables(gains)):
+            hsv[..., c] = cv2.LUT(hsv[..., c], table)
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 # --------------------------------------------------------------------------------------------------------------
 # (e) tensors

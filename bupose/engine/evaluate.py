@@ -34,14 +34,16 @@ def evaluate_split(cfg, model, split: str, out_file: str | Path | None = None, p
     results, reader = predict_split(cfg, model, split, progress, limit)
     if out_file is not None:
         save_results(results, out_file)
-    gt = _subset_gt(reader.ann_file, {int(i) for i in reader.image_ids[:limit]}) if limit else reader.ann_file
+    gt = reader.coco_gt() if hasattr(reader, "coco_gt") else reader.ann_file  # ultralytics sets: built in memory
+    if limit:
+        gt = _subset_gt(gt, {int(i) for i in reader.image_ids[:limit]})
     return KeypointEvaluator(gt, protocol_of(cfg.DATASET.DATASET), sigmas=reader.spec.sigmas).evaluate(results)
 
 
-def _subset_gt(ann_file, image_ids: set[int]) -> dict:
+def _subset_gt(gt, image_ids: set[int]) -> dict:
     import json
 
-    gt = json.loads(Path(ann_file).read_text())
+    gt = json.loads(Path(gt).read_text()) if not isinstance(gt, dict) else dict(gt)
     gt["images"] = [im for im in gt["images"] if im["id"] in image_ids]
     gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in image_ids]
     return gt

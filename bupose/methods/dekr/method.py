@@ -66,7 +66,7 @@ class DEKRMethod:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.spec = dataset_spec(cfg.DATASET.DATASET)
+        self.spec = dataset_spec(cfg.DATASET.DATASET, cfg.DATASET.ROOT)
         if cfg.DATASET.NUM_JOINTS != self.spec.num_keypoints:
             raise ConfigError(f"DATASET.NUM_JOINTS is {cfg.DATASET.NUM_JOINTS} but {cfg.DATASET.DATASET} has "
                               f"{self.spec.num_keypoints} keypoints")
