@@ -8,6 +8,7 @@ the method's converter and checked against the model; anything that does not fit
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,23 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file onto the CPU (tensors and plain Python data only)."""
+    """Load a checkpoint file onto the CPU (tensors and plain Python data only). A file with pickled classes is read
+    by the restricted reader of official YOLO-Pose checkpoints (its modules become state_dicts; other classes are
+    refused)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    # pickled classes (an official YOLO-Pose training checkpoint): the restricted reader, modules as state_dicts
+    from bupose.methods.yolo_pose.convert import read_pickled_checkpoint
+
+    return read_pickled_checkpoint(path)
 
 
 def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -38,3 +38,85 @@ def dekr_pose_nms(poses: torch.Tensor, scores: torch.Tensor, dist_thresh: float,
         keep.append(best)
         suppressed.update(group)
     return keep
+
+
+def pairwise_oks(poses: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """``(N, N)`` object keypoint similarity between poses, row ``i`` taken as the reference (its area, and its
+    keypoints with score > 0 as the labelled ones; a pose without any counts all keypoints).
+
+    Args:
+        poses: ``(N, K, 3)`` x, y, score. areas: ``(N,)`` the OKS scale ``s^2`` (e.g. box area). sigmas: ``(K,)``.
+    """
+    var = (2 * sigmas) ** 2
+    d2 = ((poses[:, None, :, :2] - poses[None, :, :, :2]) ** 2).sum(-1)  # (N, N, K)
+    e = torch.exp(-d2 / (2 * var * (areas[:, None, None] + torch.finfo(poses.dtype).eps)))
+    vis = poses[:, :, 2] > 0
+    vis = torch.where(vis.any(1, keepdim=True), vis, torch.ones_like(vis))
+    w = vis[:, None, :].to(poses.dtype)
+    return (e * w).sum(-1) / w.sum(-1)
+
+
+def oks_nms(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,
+            threshold: float) -> torch.Tensor:
+    """Greedy pose NMS by OKS: in descending score order, a pose is dropped when its OKS with a kept pose (the kept
+    one as reference) exceeds ``threshold``. Returns the kept indices, best first."""
+    order = torch.argsort(scores, descending=True)
+    if order.numel() == 0:
+        return order
+    oks = pairwise_oks(poses[order], areas[order], sigmas)
+    alive = torch.ones(order.numel(), dtype=torch.bool, device=poses.device)
+    keep = []
+    for i in range(order.numel()):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        alive &= oks[i] <= threshold
+        alive[i] = False
+    return order[torch.tensor(keep, dtype=torch.long, device=poses.device)]
+
+
+def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, sigma: float = 0.5, score_threshold: float = 0.001,
+             method: str = "gaussian", iou_threshold: float = 0.3,
+             pixel_offset: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft-NMS (Bodla et al., "Soft-NMS -- Improving Object Detection With One Line of Code", ICCV 2017), as
+    CenterNet's ``soft_nms`` / ``soft_nms_39``: repeatedly take the box with the highest current score and decay the
+    scores of the others by their IoU ``o`` with it: ``exp(-o^2 / sigma)`` (``"gaussian"``), ``1 - o`` above
+    ``iou_threshold`` (``"linear"``) or 0 above it (``"hard"``, plain NMS); a box whose decayed score falls below
+    ``score_threshold`` is dropped.
+
+    IoU counts whole pixels as CenterNet does: a box's width is ``x2 - x1 + pixel_offset`` (1: inclusive pixel
+    ends; 0: continuous boxes).
+
+    Args:
+        boxes: ``(N, 4)`` ``x1, y1, x2, y2``. scores: ``(N,)``.
+    Returns:
+        ``(keep, new_scores)``: kept indices in the order taken (best first) and ``(N,)`` decayed scores.
+    """
+    if method not in ("gaussian", "linear", "hard"):
+        raise ValueError(f"soft_nms: method must be 'gaussian', 'linear' or 'hard', got {method!r}")
+    scores = scores.clone()
+    n = scores.numel()
+    b = boxes.to(scores.dtype)
+    area = (b[:, 2] - b[:, 0] + pixel_offset) * (b[:, 3] - b[:, 1] + pixel_offset)
+    alive = torch.ones(n, dtype=torch.bool, device=scores.device)
+    keep = []
+    for _ in range(n):
+        if not alive.any():
+            break
+        i = int(torch.where(alive, scores, torch.full_like(scores, -torch.inf)).argmax())
+        keep.append(i)
+        alive[i] = False
+        iw = (torch.minimum(b[i, 2], b[:, 2]) - torch.maximum(b[i, 0], b[:, 0]) + pixel_offset).clamp(min=0)
+        ih = (torch.minimum(b[i, 3], b[:, 3]) - torch.maximum(b[i, 1], b[:, 1]) + pixel_offset).clamp(min=0)
+        inter = iw * ih
+        iou = inter / (area[i] + area - inter).clamp(min=torch.finfo(scores.dtype).tiny)
+        if method == "gaussian":
+            decay = torch.exp(-iou * iou / sigma)
+        elif method == "linear":
+            decay = torch.where(iou > iou_threshold, 1 - iou, torch.ones_like(iou))
+        else:
+            decay = torch.where(iou > iou_threshold, torch.zeros_like(iou), torch.ones_like(iou))
+        hit = alive & (inter > 0)  # CenterNet leaves boxes that do not overlap alone
+        scores = torch.where(hit, scores * decay, scores)
+        alive &= ~(hit & (scores < score_threshold))
+    return torch.tensor(keep, dtype=torch.long, device=scores.device), scores

@@ -13,10 +13,13 @@ class People:
     Attributes:
         keypoints: ``(N, K, 3)`` float: x, y in pixels of the image the poses belong to, and a per-keypoint score.
         scores: ``(N,)`` float person scores.
+        detection_boxes: optional ``(N, 4)`` ``[x, y, w, h]`` boxes predicted with the poses (one-stage detectors);
+            without them a person's box is the extent of its keypoints.
     """
 
     keypoints: np.ndarray
     scores: np.ndarray
+    detection_boxes: np.ndarray | None = None
 
     @classmethod
     def empty(cls, num_joints: int) -> "People":
@@ -27,7 +30,10 @@ class People:
 
     @property
     def boxes(self) -> np.ndarray:
-        """``(N, 4)`` ``[x, y, w, h]`` extent of each pose's keypoints."""
+        """``(N, 4)`` ``[x, y, w, h]``: the detection boxes when the method predicts them, else the extent of each
+        pose's keypoints."""
+        if self.detection_boxes is not None:
+            return np.asarray(self.detection_boxes)
         if len(self) == 0:
             return np.zeros((0, 4), np.float32)
         xy = self.keypoints[..., :2]

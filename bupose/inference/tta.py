@@ -7,7 +7,8 @@ single pass whatever the number of scales.
 
 The contract a method's decoder fulfils (see :class:`bupose.methods.dekr.decode.DEKRDecoder`)::
 
-    state = decoder.begin(image)                         # image: (H, W, 3) uint8 BGR
+    decoder.bind(model)                                  # optional: read what decoding needs from the model
+    state = decoder.begin(image, scales)                 # image: (H, W, 3) uint8 BGR
     view = decoder.prepare(image, scale)                 # view.tensor: (1, 3, h, w) network input
     flipped = decoder.flip_input(view.tensor)            # the mirrored input
     decoder.add_scale(state, outputs, flipped_outputs_or_None, view, scale)
@@ -46,6 +47,8 @@ class TestTimeAugmentation:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, decoder, image: np.ndarray) -> People:
+        if hasattr(decoder, "bind"):
+            decoder.bind(model)
         state = decoder.begin(image, self.scales)
         for scale in self.scales:
             view = decoder.prepare(image, scale)

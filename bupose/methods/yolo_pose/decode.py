@@ -1,0 +1,195 @@
+"""YOLO-Pose decoding and its per-instance multi-scale + flip merging (Maji et al., "YOLO-Pose: Enhancing YOLO for
+Multi Person Pose Estimation Using Object Keypoint Similarity Loss", CVPRW 2022).
+
+Raw head outputs become candidates as in the official code: for level ``l`` with stride ``s``, anchor ``a`` and cell
+``(i, j)``, box centre ``(sigmoid(t_xy) * 2 - 0.5 + (j, i)) * s``, size ``(sigmoid(t_wh) * 2)^2 * anchor``,
+keypoints ``(t_xy * 2 - 0.5 + (j, i)) * s`` (no sigmoid), objectness, class and keypoint confidences by sigmoid.
+These coordinates put pixel ``x``'s centre at ``x + 0.5`` (the official normalised-label grid); bupose's input
+pixels have centres at integers, so ``0.5`` is subtracted before mapping back to the image (see
+:mod:`bupose.methods.yolo_pose.loss` for the matching target convention).
+
+Test-time augmentation is per instance (the shared engine, :mod:`bupose.inference.tta`): every pass -- each scale,
+and the mirrored image -- is decoded, its candidates above the confidence threshold are mapped to image pixels (the
+mirrored ones un-mirrored, ``x -> W - 1 - x`` in the input, and their left/right keypoints swapped) and pooled;
+:meth:`YOLOPoseDecoder.finish` runs one NMS over the pool. Neither the official code (its TTA de-scales only boxes
+and averages flipped anchors without mirroring or swapping keypoints) nor Ultralytics (no pose TTA) has a working
+pose TTA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+from bupose.data import geometry as G
+from bupose.inference.nms import oks_nms
+from bupose.inference.people import People
+
+
+def decode_levels(levels: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[int],
+                  num_keypoints: int) -> torch.Tensor:
+    """Raw head outputs -> candidates, as the official inference.
+
+    Args:
+        levels: per level ``(B, A, H_l, W_l, 5 + nc + 3K)`` raw outputs.
+        anchors: ``(L, A, 2)`` anchor sizes in input pixels. strides: ``(L,)``. num_keypoints: K.
+    Returns:
+        ``(B, N, 5 + nc + 3K)``: box centre x, y, w, h (input pixels, the official grid: pixel centres at ``+0.5``),
+        objectness, class scores, then per keypoint x, y, confidence.
+    """
+    out = []
+    for t, anchor, s in zip(levels, anchors, strides):
+        b, a, h, w, c = t.shape
+        ys, xs = torch.meshgrid(torch.arange(h, device=t.device, dtype=t.dtype),
+                                torch.arange(w, device=t.device, dtype=t.dtype), indexing="ij")
+        grid = torch.stack([xs, ys], -1)[None, None]  # (1, 1, h, w, 2)
+        y = torch.empty_like(t)
+        y[..., 0:2] = (t[..., 0:2].sigmoid() * 2 - 0.5 + grid) * s
+        y[..., 2:4] = (t[..., 2:4].sigmoid() * 2) ** 2 * anchor.to(t).view(1, a, 1, 1, 2)
+        y[..., 4:] = t[..., 4:].sigmoid()  # objectness, classes, keypoint confidences (coordinates overwritten next)
+        k0 = c - 3 * num_keypoints  # first keypoint channel, after 5 + nc
+        kx, ky = t[..., k0::3], t[..., k0 + 1::3]
+        y[..., k0::3] = (kx * 2 - 0.5 + grid[..., 0:1]) * s
+        y[..., k0 + 1::3] = (ky * 2 - 0.5 + grid[..., 1:2]) * s
+        out.append(y.reshape(b, -1, c))
+    return torch.cat(out, 1)
+
+
+@dataclass
+class LetterboxView:
+    tensor: torch.Tensor  # (1, 3, h, w) RGB in [0, 1]
+    matrix: np.ndarray  # image -> input (bupose convention)
+    size: tuple[int, int]  # (w, h) of the input
+
+
+def to_yolo_tensor(image_bgr: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 BGR -> ``(3, H, W)`` float RGB in [0, 1] (YOLO's input: no mean / std)."""
+    rgb = np.ascontiguousarray(image_bgr[..., ::-1].transpose(2, 0, 1))
+    return torch.from_numpy(rgb).float().div_(255.0)
+
+
+class YOLOPoseDecoder:
+    """YOLO-Pose outputs -> people, with per-instance multi-scale and flip merging.
+
+    Args:
+        anchors: ``(L, A, 2)`` anchors in input pixels; strides: ``(L,)``.
+        flip_index: the keypoint layout's flip index (length K); sigmas: ``(K,)`` OKS sigmas (for ``nms="oks"``).
+        input_size: letterbox size at scale 1 (scales round it to a multiple of the largest stride).
+        conf_threshold: candidates with ``objectness * class`` below this are dropped (official 0.001).
+        iou_threshold: box NMS IoU (official 0.65); also the IoU that groups candidates for keypoint fusion.
+        max_people: people kept per image (official 300).
+        nms: ``"box"`` (official, torchvision NMS on boxes) or ``"oks"`` (pose NMS by OKS, ``oks_threshold``).
+        score: ``"box"`` (objectness x class, official) or ``"box_x_keypoint"`` (that times the mean keypoint
+            confidence: ranks well-localised poses first in crowds).
+        fuse_keypoints: replace each kept person's keypoints by the average over the candidates its NMS
+            suppressed (IoU above ``iou_threshold``), weighted by candidate score x keypoint confidence.
+        letterbox_auto: pad to the next multiple of the stride (minimum rectangle) instead of a square.
+        official_coordinates: map back as the official ``scale_coords`` (``(x - pad) / gain``, i.e. the
+            official pixel-corner convention) instead of bupose's pixel-centre convention (0.5 px apart).
+    """
+
+    def __init__(self, anchors, strides: Sequence[int], flip_index: Sequence[int], sigmas, input_size: int = 640,
+                 conf_threshold: float = 0.001, iou_threshold: float = 0.65, max_people: int = 300,
+                 nms: str = "box", oks_threshold: float = 0.7, score: str = "box", fuse_keypoints: bool = False,
+                 letterbox_auto: bool = False, official_coordinates: bool = False, pad_value: int = 114):
+        if nms not in ("box", "oks"):
+            raise ValueError(f"YOLOPoseDecoder: nms must be 'box' or 'oks', got {nms!r}")
+        if score not in ("box", "box_x_keypoint"):
+            raise ValueError(f"YOLOPoseDecoder: score must be 'box' or 'box_x_keypoint', got {score!r}")
+        self.anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        self.strides = [int(s) for s in strides]
+        self.flip_index = list(flip_index)
+        self.num_joints = len(self.flip_index)
+        self.sigmas = torch.as_tensor(np.asarray(sigmas, np.float32))
+        self.input_size = input_size
+        self.conf_threshold, self.iou_threshold = conf_threshold, iou_threshold
+        self.max_people, self.nms, self.oks_threshold = max_people, nms, oks_threshold
+        self.score, self.fuse_keypoints = score, fuse_keypoints
+        self.letterbox_auto, self.official_coordinates, self.pad_value = letterbox_auto, official_coordinates, \
+            pad_value
+
+    # -- the engine's contract ----------------------------------------------------------------------------------
+    def bind(self, model: torch.nn.Module) -> None:
+        """Take anchors and strides from the model (an official checkpoint may carry auto-anchor adjusted ones)."""
+        model = getattr(model, "module", model)
+        self.anchors = model.anchors.detach().float().cpu()
+        self.strides = [int(s) for s in model.strides]
+
+    def begin(self, image: np.ndarray, scales: Sequence[float]) -> dict:
+        return {"candidates": []}
+
+    def prepare(self, image: np.ndarray, scale: float) -> LetterboxView:
+        stride = max(self.strides)
+        size = max(stride, int(round(self.input_size * scale / stride)) * stride)
+        m, out_size = G.letterbox_matrix((image.shape[1], image.shape[0]), size, stride, auto=self.letterbox_auto)
+        img = G.warp_image(image, m, out_size, border_value=self.pad_value)
+        return LetterboxView(to_yolo_tensor(img)[None], m, out_size)
+
+    def flip_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, [3])
+
+    def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: LetterboxView, scale: float) -> None:
+        state["candidates"].append(self._candidates(outputs, view, mirrored=False))
+        if flipped is not None:
+            state["candidates"].append(self._candidates(flipped, view, mirrored=True))
+
+    def finish(self, state: dict) -> People:
+        cand = torch.cat(state["candidates"]) if state["candidates"] else torch.zeros((0, 5 + 3 * self.num_joints))
+        if cand.shape[0] == 0:
+            return People.empty(self.num_joints)
+        boxes, conf = cand[:, :4], cand[:, 4]
+        kps = cand[:, 5:].reshape(-1, self.num_joints, 3)
+        score = conf * kps[:, :, 2].mean(1) if self.score == "box_x_keypoint" else conf
+        if self.nms == "box":
+            keep = torchvision.ops.nms(boxes, score, self.iou_threshold)
+        else:
+            wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+            keep = oks_nms(kps, score, wh[:, 0] * wh[:, 1], self.sigmas, self.oks_threshold)
+        keep = keep[: self.max_people]
+        out_kps = kps[keep].clone()
+        if self.fuse_keypoints:
+            out_kps = self._fuse(boxes, score, kps, keep)
+        kp = out_kps.numpy().astype(np.float64)
+        xyxy = boxes[keep].numpy().astype(np.float64)
+        return People(kp, score[keep].numpy().astype(np.float64),
+                      np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1))
+
+    # -- pieces ---------------------------------------------------------------------------------------------------
+    def _candidates(self, outputs: dict, view: LetterboxView, mirrored: bool) -> torch.Tensor:
+        """``(N, 5 + 3K)``: box xyxy, confidence, keypoints (x, y, conf) in image pixels, for one pass."""
+        pred = decode_levels(outputs["levels"], self.anchors, self.strides, self.num_joints)[0].float().cpu()
+        k = self.num_joints
+        k0 = pred.shape[1] - 3 * k
+        conf = pred[:, 4] * pred[:, 5:k0].amax(1) if k0 > 5 else pred[:, 4]
+        sel = (pred[:, 4] > self.conf_threshold) & (conf > self.conf_threshold)
+        pred, conf = pred[sel], conf[sel]
+        xy, wh = pred[:, 0:2] - 0.5, pred[:, 2:4]  # bupose input pixels (centres at integers)
+        kps = pred[:, k0:].reshape(-1, k, 3).clone()
+        kps[..., :2] -= 0.5
+        x1, x2 = xy[:, 0] - wh[:, 0] / 2, xy[:, 0] + wh[:, 0] / 2
+        y1, y2 = xy[:, 1] - wh[:, 1] / 2, xy[:, 1] + wh[:, 1] / 2
+        if mirrored:
+            w_in = view.size[0]
+            x1, x2 = w_in - 1 - x2, w_in - 1 - x1
+            kps = kps[:, self.flip_index]
+            kps[..., 0] = w_in - 1 - kps[..., 0]
+        corners = torch.stack([torch.stack([x1, y1], 1), torch.stack([x2, y2], 1)], 1)  # (N, 2, 2)
+        inv = torch.as_tensor(G.invert(view.matrix), dtype=torch.float32)
+        shift = 0.5 if self.official_coordinates else 0.0
+        corners = corners @ inv[:, :2].T + inv[:, 2] + shift
+        kps[..., :2] = kps[..., :2] @ inv[:, :2].T + inv[:, 2] + shift
+        return torch.cat([corners.reshape(-1, 4), conf[:, None], kps.reshape(-1, 3 * k)], 1)
+
+    def _fuse(self, boxes, score, kps, keep) -> torch.Tensor:
+        iou = torchvision.ops.box_iou(boxes[keep], boxes)  # (M, N)
+        member = iou > self.iou_threshold
+        member[torch.arange(len(keep)), keep] = True
+        w = member[:, :, None].float() * score[None, :, None] * kps[None, :, :, 2]  # (M, N, K)
+        total = w.sum(1).clamp(min=1e-12)
+        xy = (w[..., None] * kps[None, :, :, :2]).sum(1) / total[..., None]
+        out = kps[keep].clone()
+        out[:, :, :2] = xy
+        return out
