@@ -128,6 +128,13 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TRAIN.EMA", False, "keep an exponential moving average of the weights; validate and export it"),
     _opt("TRAIN.EMA_DECAY", 0.9999, "EMA decay (ramped up as decay * (1 - exp(-updates / TRAIN.EMA_TAU)))"),
     _opt("TRAIN.EMA_TAU", 2000.0, "EMA ramp-up, in optimiser steps"),
+    _opt("LOSS.CENTER_FOCAL_FACTOR", 1.0, "AdaptivePose: weight of the centre-heatmap focal loss"),
+    _opt("LOSS.POSE_L1_FACTOR", 1.0, "AdaptivePose: weight of the L1 loss on the keypoint offsets at person centres"),
+    _opt("LOSS.AUX_FOCAL_FACTOR", 1.0, "AdaptivePose: weight of the auxiliary keypoint-heatmap focal loss (0: off)"),
+    _opt("LOSS.OKS_FACTOR", 5.0, "AdaptivePose: weight of the linear OKS loss on the regressed poses (official: 5 on "
+         "COCO, 0 on CrowdPose)"),
+    _opt("LOSS.BONE_L1", False, "AdaptivePose: average the offset L1 with an L1 on bone vectors (AdaptivePose++; "
+         "official on CrowdPose)"),
     # --- testing ----------------------------------------------------------------------------------------------
     _opt("TEST.MODEL_FILE", "", "weights to test (bupose or official checkpoint)"),
     _opt("TEST.FLIP_TEST", True, "average the mirrored image's outputs in"),
@@ -150,6 +157,10 @@ SCHEMA: tuple[Option, ...] = (
          "the candidates it suppressed"),
     _opt("TEST.OFFICIAL_COORDINATES", False, "YOLO-Pose: map back as the official scale_coords (pixel-corner "
          "convention, 0.5 px from bupose's pixel centres)"),
+    _opt("TEST.FLIP_MODE", "fuse", "AdaptivePose flip test: official (average the centre heatmaps only; keypoints "
+         "of the plain pass) or fuse (decode both passes, fuse each person's two poses by centre)"),
+    _opt("TEST.POSE_NMS", "soft", "AdaptivePose: merge of the people of several scales: soft (official Gaussian "
+         "soft-NMS on keypoint boxes), oks (OKS NMS at TEST.OKS_THRESHOLD) or none"),
     _opt("TEST.RESCORE_FILE", "", "DEKR rescoring-net weights (empty: scores as decoded)"),
 )
 

@@ -119,40 +119,6 @@ def test_fuse_keeps_outputs(tiny):
         assert max_diff(t, ref) <= TOL
 
 
-def test_official_postprocessing_fixture_is_reproduced(tiny):
-    """The official letterbox + decode + NMS on a real image (fixture yolo_pose_official_nms.pt) with this model and
-    decode, and a plain re-implementation of the official NMS for one class."""
-    import cv2
-    import torchvision
-
-    ref = load_fixture("official_nms")
-    _, model = tiny["s6"]
-    img0 = cv2.imread(str(Path(__file__).resolve().parents[1] / ref["image"]))
-    assert img0 is not None and img0.shape == tuple(ref["image_shape"])
-    h0, w0 = img0.shape[:2]
-    size = ref["input_size"]
-    r = min(size / h0, size / w0)
-    nw, nh = int(round(w0 * r)), int(round(h0 * r))
-    dw, dh = (size - nw) / 2, (size - nh) / 2
-    img = cv2.resize(img0, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    img = cv2.copyMakeBorder(img, int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)),
-                             int(round(dw + 0.1)), cv2.BORDER_CONSTANT, value=(114, 114, 114))
-    chw = np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))
-    assert int(chw.astype(np.int64).sum()) == ref["input_sum"]
-    with torch.no_grad():
-        pred = model.decode(model(torch.from_numpy(chw).float()[None] / 255)["levels"])[0]
-    assert int((pred[:, 4] > 0.001).sum()) == ref["num_candidates"]
-    x = pred[pred[:, 4] > 0.001]
-    conf = x[:, 5] * x[:, 4]
-    box = torch.cat((x[:, :2] - x[:, 2:4] / 2, x[:, :2] + x[:, 2:4] / 2), 1)
-    keep = conf > 0.001
-    box, conf, kpts = box[keep], conf[keep], x[keep, 6:]
-    i = torchvision.ops.nms(box, conf, 0.65)[:300]
-    det = torch.cat((box[i], conf[i, None], torch.zeros(len(i), 1), kpts[i]), 1)
-    assert det.shape == ref["det_input"].shape and len(det) > 20
-    assert max_diff(det, ref["det_input"]) <= TOL
-
-
 # --- pickled official checkpoints ------------------------------------------------------------------------------
 def _official_ckpt_weights() -> dict:
     return unpack(load_fixture("official_ckpt_weights")["state_dict"])

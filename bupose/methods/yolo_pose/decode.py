@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torchvision
@@ -61,8 +62,23 @@ def decode_levels(levels: Sequence[torch.Tensor], anchors: torch.Tensor, strides
 @dataclass
 class LetterboxView:
     tensor: torch.Tensor  # (1, 3, h, w) RGB in [0, 1]
-    matrix: np.ndarray  # image -> input (bupose convention)
     size: tuple[int, int]  # (w, h) of the input
+    to_image: np.ndarray  # (2, 3): decoded (official-grid) input coordinates -> output image coordinates
+    bounds: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max that outputs are clipped to
+
+
+def official_letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.ndarray, float, tuple]:
+    """The official ``letterbox(img, size, auto=False)`` of YOLOv5 / YOLO-Pose: ``cv2.resize`` (bilinear) to
+    ``round(side * gain)``, then grey borders of ``round(pad -/+ 0.1)``. Returns ``(image, gain, (pad_x, pad_y))``
+    with the unrounded pads that the official ``scale_coords`` subtracts."""
+    h0, w0 = image.shape[:2]
+    gain = min(size / h0, size / w0)
+    nw, nh = int(round(w0 * gain)), int(round(h0 * gain))
+    dw, dh = (size - nw) / 2, (size - nh) / 2
+    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w0, h0) else image
+    img = cv2.copyMakeBorder(img, int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)),
+                             int(round(dw + 0.1)), cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
+    return img, gain, ((size - w0 * gain) / 2, (size - h0 * gain) / 2)
 
 
 def to_yolo_tensor(image_bgr: np.ndarray) -> torch.Tensor:
@@ -87,8 +103,10 @@ class YOLOPoseDecoder:
         fuse_keypoints: replace each kept person's keypoints by the average over the candidates its NMS
             suppressed (IoU above ``iou_threshold``), weighted by candidate score x keypoint confidence.
         letterbox_auto: pad to the next multiple of the stride (minimum rectangle) instead of a square.
-        official_coordinates: map back as the official ``scale_coords`` (``(x - pad) / gain``, i.e. the
-            official pixel-corner convention) instead of bupose's pixel-centre convention (0.5 px apart).
+        official_coordinates: letterbox and map back exactly as the official code (``cv2.resize`` + borders;
+            ``scale_coords``: ``(x - pad) / gain`` with the unrounded pad, pixel corners at integers, clipped to
+            ``[0, W]``) -- for parity with official weights; by default bupose's letterbox matrix (antialiased) and
+            its inverse (pixel centres at integers, clipped to the image area ``[-0.5, W - 0.5]``).
     """
 
     def __init__(self, anchors, strides: Sequence[int], flip_index: Sequence[int], sigmas, input_size: int = 640,
@@ -124,14 +142,23 @@ class YOLOPoseDecoder:
     def prepare(self, image: np.ndarray, scale: float) -> LetterboxView:
         stride = max(self.strides)
         size = max(stride, int(round(self.input_size * scale / stride)) * stride)
-        m, out_size = G.letterbox_matrix((image.shape[1], image.shape[0]), size, stride, auto=self.letterbox_auto)
-        img = G.warp_image(image, m, out_size, border_value=self.pad_value)
-        return LetterboxView(to_yolo_tensor(img)[None], m, out_size)
+        h0, w0 = image.shape[:2]
+        if self.official_coordinates:
+            img, gain, (px, py) = official_letterbox(image, size, self.pad_value)
+            to_image = np.array([[1 / gain, 0, -px / gain], [0, 1 / gain, -py / gain]])
+            return LetterboxView(to_yolo_tensor(img)[None], (img.shape[1], img.shape[0]), to_image,
+                                 (0.0, 0.0, float(w0), float(h0)))
+        m, out_size = G.letterbox_matrix((w0, h0), size, stride, auto=self.letterbox_auto)
+        img = G.warp_image(image, m, out_size, border_value=self.pad_value, antialias=True)
+        # decoded coordinates put pixel centres at +0.5: shift onto bupose's integer centres, then invert
+        to_image = G.compose(G.translation_matrix(-0.5, -0.5), G.invert(m))
+        return LetterboxView(to_yolo_tensor(img)[None], out_size, to_image, (-0.5, -0.5, w0 - 0.5, h0 - 0.5))
 
     def flip_input(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flip(x, [3])
 
     def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: LetterboxView, scale: float) -> None:
+        state["bounds"] = view.bounds
         state["candidates"].append(self._candidates(outputs, view, mirrored=False))
         if flipped is not None:
             state["candidates"].append(self._candidates(flipped, view, mirrored=True))
@@ -149,11 +176,12 @@ class YOLOPoseDecoder:
             wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
             keep = oks_nms(kps, score, wh[:, 0] * wh[:, 1], self.sigmas, self.oks_threshold)
         keep = keep[: self.max_people]
-        out_kps = kps[keep].clone()
-        if self.fuse_keypoints:
-            out_kps = self._fuse(boxes, score, kps, keep)
+        out_kps = self._fuse(boxes, score, kps, keep) if self.fuse_keypoints else kps[keep].clone()
+        # clipped to the image only now: NMS compares the unclipped boxes, as the official code
+        lo, hi = torch.tensor(state["bounds"][:2]), torch.tensor(state["bounds"][2:])
+        out_kps[..., :2] = torch.maximum(torch.minimum(out_kps[..., :2], hi), lo)
         kp = out_kps.numpy().astype(np.float64)
-        xyxy = boxes[keep].numpy().astype(np.float64)
+        xyxy = torch.maximum(torch.minimum(boxes[keep].view(-1, 2, 2), hi), lo).view(-1, 4).numpy().astype(np.float64)
         return People(kp, score[keep].numpy().astype(np.float64),
                       np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], 1))
 
@@ -166,21 +194,19 @@ class YOLOPoseDecoder:
         conf = pred[:, 4] * pred[:, 5:k0].amax(1) if k0 > 5 else pred[:, 4]
         sel = (pred[:, 4] > self.conf_threshold) & (conf > self.conf_threshold)
         pred, conf = pred[sel], conf[sel]
-        xy, wh = pred[:, 0:2] - 0.5, pred[:, 2:4]  # bupose input pixels (centres at integers)
+        xy, wh = pred[:, 0:2], pred[:, 2:4]
         kps = pred[:, k0:].reshape(-1, k, 3).clone()
-        kps[..., :2] -= 0.5
         x1, x2 = xy[:, 0] - wh[:, 0] / 2, xy[:, 0] + wh[:, 0] / 2
         y1, y2 = xy[:, 1] - wh[:, 1] / 2, xy[:, 1] + wh[:, 1] / 2
-        if mirrored:
+        if mirrored:  # on the official grid a mirror is x -> W - x (pixel centres at +0.5)
             w_in = view.size[0]
-            x1, x2 = w_in - 1 - x2, w_in - 1 - x1
+            x1, x2 = w_in - x2, w_in - x1
             kps = kps[:, self.flip_index]
-            kps[..., 0] = w_in - 1 - kps[..., 0]
+            kps[..., 0] = w_in - kps[..., 0]
+        m = torch.as_tensor(view.to_image, dtype=torch.float32)
         corners = torch.stack([torch.stack([x1, y1], 1), torch.stack([x2, y2], 1)], 1)  # (N, 2, 2)
-        inv = torch.as_tensor(G.invert(view.matrix), dtype=torch.float32)
-        shift = 0.5 if self.official_coordinates else 0.0
-        corners = corners @ inv[:, :2].T + inv[:, 2] + shift
-        kps[..., :2] = kps[..., :2] @ inv[:, :2].T + inv[:, 2] + shift
+        corners = corners @ m[:, :2].T + m[:, 2]
+        kps[..., :2] = kps[..., :2] @ m[:, :2].T + m[:, 2]
         return torch.cat([corners.reshape(-1, 4), conf[:, None], kps.reshape(-1, 3 * k)], 1)
 
     def _fuse(self, boxes, score, kps, keep) -> torch.Tensor:
