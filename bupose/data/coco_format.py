@@ -97,7 +97,41 @@ class ImageAnnotations:
         return int(self.keypoints.shape[0])
 
 
-class CocoKeypointDataset:
+class SkippingIndex:
+    """Index checks and ``on_error="skip"`` for the readers: a subclass sets ``source`` (what to name in messages),
+    ``image_ids``, ``_bad`` (a set) and implements ``load_sample(index)`` and ``__len__``."""
+
+    source: str
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images of {self.source}")
+        return index % n
+
+    def _load_or_next(self, index: int) -> Sample:
+        """``load_sample(index)``, or the next loadable sample (wrapping around) when it fails; failures are logged
+        once and remembered."""
+        n = len(self)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._bad:
+                continue
+            try:
+                sample = self.load_sample(i)
+            except DataError as e:
+                self._bad.add(i)
+                logger.warning("skipping image (index %d): %s", i, e)
+                continue
+            if i != index:
+                logger.warning("%s: index %d (image %s) is unusable; returning index %d (image %s) instead",
+                               self.source, index, self.image_ids[index], i, self.image_ids[i])
+            return sample
+        raise DataError(f"{self.source}: none of the {n} images in the index could be loaded (see the warnings "
+                        f"on the 'bupose.data' logger)")
+
+
+class CocoKeypointDataset(SkippingIndex):
     """A COCO-format keypoint file and its images, as a sequence of :class:`Sample`.
 
     Args:
@@ -124,6 +158,7 @@ class CocoKeypointDataset:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.ann_file = Path(ann_file)
+        self.source = str(self.ann_file)
         self.image_root = Path(image_root)
         self.spec = get_spec(spec) if isinstance(spec, str) else spec
         self.on_error = on_error
@@ -311,31 +346,6 @@ class CocoKeypointDataset:
         else:
             sample = self._load_or_next(index)
         return self.transform(sample) if self.transform is not None else sample
-
-    def _check_index(self, index: int) -> int:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images of {self.ann_file}")
-        return index % n
-
-    def _load_or_next(self, index: int) -> Sample:
-        n = len(self)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                sample = self.load_sample(i)
-            except DataError as e:
-                self._bad.add(i)
-                logger.warning("skipping image (index %d): %s", i, e)
-                continue
-            if i != index:
-                logger.warning("%s: index %d (image %s) is unusable; returning index %d (image %s) instead",
-                               self.ann_file, index, self.image_ids[index], i, self.image_ids[i])
-            return sample
-        raise DataError(f"{self.ann_file}: none of the {n} images in the index could be loaded (see the warnings "
-                        f"on the 'bupose.data' logger)")
 
     def get_annotations(self, index: int) -> ImageAnnotations:
         """The validated annotations of ``dataset[index]``, without reading the image."""

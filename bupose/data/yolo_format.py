@@ -78,7 +78,7 @@ import yaml
 from PIL import Image
 
 from ..errors import DataError
-from .coco_format import ImageAnnotations, _load_coco_json, ignore_mask, read_image
+from .coco_format import ImageAnnotations, SkippingIndex, _load_coco_json, ignore_mask, read_image
 from .keypoints import COCO17, CROWDPOSE14, KeypointSpec, get_spec
 from .sample import Sample
 
@@ -460,7 +460,7 @@ def apply_exif_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 # --- the reader ------------------------------------------------------------------------------------------------
-class YoloPoseDataset:
+class YoloPoseDataset(SkippingIndex):
     """One split of an Ultralytics YOLO-pose dataset, as a sequence of :class:`Sample`.
 
     The interface is that of :class:`~bupose.data.coco_format.CocoKeypointDataset` (``len``, ``dataset[i]``,
@@ -490,6 +490,7 @@ class YoloPoseDataset:
         self.config = load_data_yaml(data_yaml)
         self.data_yaml = self.config.yaml_file
         self.split = split
+        self.source = f"{self.data_yaml} split {split!r}"
         self.on_error = on_error
         self.min_people = int(min_people)
         self.transform = transform
@@ -542,31 +543,6 @@ class YoloPoseDataset:
         index = self._check_index(index)
         sample = self.load_sample(index) if self.on_error == "raise" else self._load_or_next(index)
         return self.transform(sample) if self.transform is not None else sample
-
-    def _check_index(self, index: int) -> int:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images of {self.data_yaml} split {self.split!r}")
-        return index % n
-
-    def _load_or_next(self, index: int) -> Sample:
-        n = len(self)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                sample = self.load_sample(i)
-            except DataError as e:
-                self._bad.add(i)
-                logger.warning("skipping image (index %d): %s", i, e)
-                continue
-            if i != index:
-                logger.warning("%s: index %d (image %s) is unusable; returning index %d (image %s) instead",
-                               self.data_yaml, index, self.image_ids[index], i, self.image_ids[i])
-            return sample
-        raise DataError(f"{self.data_yaml} split {self.split!r}: none of the {n} images in the index could be loaded "
-                        f"(see the warnings on the 'bupose.data' logger)")
 
     def _where(self, rec: _Labels) -> str:
         return f"{self.data_yaml} split {self.split!r}: image {rec.image_id} ({rec.image_file.name!r})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -53,6 +53,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     from bupose.methods.yolo_pose.convert import read_pickled_checkpoint
 
     return read_pickled_checkpoint(path)
+
+
+def plain_state_dict(checkpoint) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint (a path or a loaded object): ``{"state_dict": ...}`` / ``{"model": ...}``
+    wrappers are opened and a ``module.`` prefix (DataParallel) is removed; anything but a dict of tensors is a
+    :class:`CheckpointError`. Used by the methods' converters of official checkpoints."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = read_checkpoint(checkpoint)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+    bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
+    if bad:
+        raise CheckpointError(f"a checkpoint must be a dict of tensors; entries {bad} are not tensors")
+    prefix = "module."
+    if checkpoint and all(k.startswith(prefix) for k in checkpoint):
+        checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
+    return dict(checkpoint)
 
 
 def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -9,13 +9,13 @@ that say what does not match. The official DLA-34 models are not supported.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
+from bupose.engine.checkpoint import plain_state_dict
 from bupose.errors import CheckpointError
 
 #: keys every official AdaptivePose HRNet state_dict has (stem, centre/keypoint features, the part head)
@@ -27,25 +27,6 @@ RENAMES = ((re.compile(r"^(sampler\.feat_agg\.\d+\.)param_generator\."), r"\1con
 AUX_PREFIX = "hm_hp."
 
 
-def _unwrap(checkpoint) -> dict:
-    if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
-            raise CheckpointError(f"cannot read checkpoint {os.fspath(checkpoint)}: {e}") from None
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(checkpoint.get(wrapper), Mapping):
-            checkpoint = checkpoint[wrapper]
-    bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
-    if bad:
-        raise CheckpointError(f"a checkpoint must be a dict of tensors; entries {bad} are not tensors")
-    if checkpoint and all(k.startswith("module.") for k in checkpoint):
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
-    return dict(checkpoint)
-
-
 def _rename(key: str) -> str:
     for pattern, replacement in RENAMES:
         key = pattern.sub(replacement, key)
@@ -55,7 +36,7 @@ def _rename(key: str) -> str:
 def looks_official(state_dict) -> bool:
     """Whether ``state_dict`` (possibly wrapped or ``module.``-prefixed) has the official AdaptivePose HRNet keys."""
     try:
-        sd = _unwrap(state_dict)
+        sd = plain_state_dict(state_dict)
     except CheckpointError:
         return False
     return all(k in sd for k in SIGNATURE_KEYS)
@@ -112,7 +93,7 @@ def official_to_bupose(checkpoint, model: nn.Module | None = None) -> dict[str, 
 
     With ``model``, the training-only ``hm_hp`` head is dropped when the model has none, and the result is checked
     against the model. Raises CheckpointError when it is not such a checkpoint or does not fit."""
-    sd = {_rename(k): v for k, v in _unwrap(checkpoint).items()}
+    sd = {_rename(k): v for k, v in plain_state_dict(checkpoint).items()}
     absent = [k for k in SIGNATURE_KEYS if k not in sd]
     if absent:
         kind = "an AdaptivePose DLA-34 checkpoint (only the HRNet models are supported)" \

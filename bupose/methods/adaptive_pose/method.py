@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bupose.methods.base import SeededTrainingSet
 from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
 from bupose.data.coco_format import dataset_spec
@@ -30,7 +31,7 @@ STRIDE_MODE = "corner"  # x_out = x_in / 4: CenterNet's convention, that of the 
 OUTPUT_STRIDE = 4  # the model's (HRNet's highest-resolution branch)
 
 
-class AdaptivePoseTrainingSet(torch.utils.data.Dataset):
+class AdaptivePoseTrainingSet(SeededTrainingSet):
     """Samples of a reader turned into AdaptivePose inputs and targets.
 
     Augmentation is seeded by ``(seed, epoch, index)``, so an epoch yields the same batches whatever the number of
@@ -45,18 +46,11 @@ class AdaptivePoseTrainingSet(torch.utils.data.Dataset):
         if pipeline.stride_mode != STRIDE_MODE:
             raise ConfigError(f"AdaptivePoseTrainingSet: the pipeline's stride_mode must be {STRIDE_MODE!r} (the "
                               f"mask must match the targets), got {pipeline.stride_mode!r}")
-        self.reader, self.pipeline, self.encoder, self.photometric = reader, pipeline, encoder, photometric
-        self.seed, self.epoch = seed, 0
-        self.length = min(len(reader), limit) if limit else len(reader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        super().__init__(reader, seed, limit)
+        self.pipeline, self.encoder, self.photometric = pipeline, encoder, photometric
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         out = self.pipeline(self.reader[index], rng)
         image = out["image"]
         if self.photometric is not None:

@@ -6,13 +6,13 @@ checkpoint fits the model, with errors that say what does not match.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
+from bupose.engine.checkpoint import plain_state_dict
 from bupose.errors import CheckpointError
 
 #: keys every official DEKR state_dict has (stem, backbone stage, both heads)
@@ -20,30 +20,10 @@ SIGNATURE_KEYS = ("conv1.weight", "layer1.0.conv1.weight", "transition1.0.0.weig
                   "head_heatmap.1.weight", "transition_offset.0.weight", "offset_final_layer.0.weight")
 
 
-def _unwrap(checkpoint) -> dict:
-    if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
-            raise CheckpointError(f"cannot read checkpoint {os.fspath(checkpoint)}: {e}") from None
-    if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(checkpoint.get(wrapper), Mapping):
-            checkpoint = checkpoint[wrapper]
-    if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
-        raise CheckpointError(f"a checkpoint must be a dict of tensors; entries {bad} are not tensors")
-    prefix = "module."
-    if checkpoint and all(k.startswith(prefix) for k in checkpoint):
-        checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
-    return dict(checkpoint)
-
-
 def looks_official(state_dict) -> bool:
     """Whether ``state_dict`` (possibly wrapped or ``module.``-prefixed) has the official DEKR key layout."""
     try:
-        sd = _unwrap(state_dict)
+        sd = plain_state_dict(state_dict)
     except CheckpointError:
         return False
     return all(k in sd for k in SIGNATURE_KEYS)
@@ -90,7 +70,7 @@ def official_to_bupose(state_dict, model: nn.Module | None = None) -> dict[str, 
     """An official DEKR state_dict (or a path to one; possibly ``{"state_dict": ...}``-wrapped or with the
     ``module.`` prefix) as a state_dict for :class:`~bupose.methods.dekr.model.DEKR`. With ``model``, it is
     also checked against it. Raises CheckpointError when it is not a DEKR checkpoint or does not fit."""
-    sd = _unwrap(state_dict)
+    sd = plain_state_dict(state_dict)
     absent = [k for k in SIGNATURE_KEYS if k not in sd]
     if absent:
         raise CheckpointError(f"not a DEKR (hrnet_dekr) checkpoint: it lacks {absent}; "

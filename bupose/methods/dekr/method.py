@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bupose.methods.base import SeededTrainingSet
 from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
 from bupose.data.coco_format import dataset_spec
@@ -18,7 +19,7 @@ from bupose.methods.dekr.targets import DEKRTargetEncoder, person_areas, person_
 STRIDE_MODE = "corner"  # x_out = x_in / 4: the convention of the official weights and test code
 
 
-class DEKRTrainingSet(torch.utils.data.Dataset):
+class DEKRTrainingSet(SeededTrainingSet):
     """Samples of a reader turned into DEKR inputs and targets.
 
     Augmentation is seeded by ``(seed, epoch, index)``, so an epoch yields the same batches whatever the number of
@@ -28,18 +29,11 @@ class DEKRTrainingSet(torch.utils.data.Dataset):
 
     def __init__(self, reader, pipeline: BottomUpAffine, encoder: DEKRTargetEncoder, photometric=None,
                  seed: int = 0, limit: int = 0):
-        self.reader, self.pipeline, self.encoder, self.photometric = reader, pipeline, encoder, photometric
-        self.seed, self.epoch = seed, 0
-        self.length = min(len(reader), limit) if limit else len(reader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        super().__init__(reader, seed, limit)
+        self.pipeline, self.encoder, self.photometric = pipeline, encoder, photometric
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         sample = self.reader[index]
         out = self.pipeline(sample, rng)
         image = out["image"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bupose.methods.base import SeededTrainingSet
 from bupose.data.build import prepare_dataset
 from bupose.data.coco_format import dataset_spec
 from bupose.data.pipelines import HSV, LetterboxTrain
@@ -33,7 +34,7 @@ def person_targets(keypoints: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return rows
 
 
-class YOLOPoseTrainingSet(torch.utils.data.Dataset):
+class YOLOPoseTrainingSet(SeededTrainingSet):
     """Samples of a reader as YOLO-Pose inputs: mosaic / letterbox with random affine and flip, HSV.
 
     A mosaic takes the item's own sample and three more drawn from the item's generator, which is seeded by
@@ -43,18 +44,11 @@ class YOLOPoseTrainingSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, reader, pipeline: LetterboxTrain, hsv: HSV | None = None, seed: int = 0, limit: int = 0):
-        self.reader, self.pipeline, self.hsv = reader, pipeline, hsv
-        self.seed, self.epoch = seed, 0
-        self.length = min(len(reader), limit) if limit else len(reader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
+        super().__init__(reader, seed, limit)
+        self.pipeline, self.hsv = pipeline, hsv
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         indices = [index]
         if self.pipeline.num_samples == 4:
             indices += [int(i) for i in rng.integers(0, self.length, 3)]
