@@ -48,6 +48,8 @@ def test_person_targets_keep_labelled_people_as_centre_boxes():
     np.testing.assert_allclose(rows[0, :6], [0, 0, 20, 30, 40, 40])
     np.testing.assert_allclose(rows[0, 6:], [10, 20, 2, 30, 40, 1])
     np.testing.assert_allclose(rows[1, 2:6], [6, 7, 4, 6])
+    assert person_targets(kps[1:2], boxes[1:2]).shape == (0, 12)  # nobody labelled (e.g. a crop of background)
+    assert person_targets(np.zeros((0, 2, 3), np.float32), np.zeros((0, 4), np.float32)).shape == (0, 12)
 
 
 class _Reader(list):

@@ -57,10 +57,11 @@ def pairwise_oks(poses: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor)
 
 
 def oks_nms(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,
-            threshold: float) -> torch.Tensor:
+            threshold: float, max_candidates: int = 1000) -> torch.Tensor:
     """Greedy pose NMS by OKS: in descending score order, a pose is dropped when its OKS with a kept pose (the kept
-    one as reference) exceeds ``threshold``. Returns the kept indices, best first."""
-    order = torch.argsort(scores, descending=True)
+    one as reference) exceeds ``threshold``. Only the ``max_candidates`` best-scored poses take part (the OKS matrix
+    is quadratic in their number). Returns the kept indices, best first."""
+    order = torch.argsort(scores, descending=True)[:max_candidates]
     if order.numel() == 0:
         return order
     oks = pairwise_oks(poses[order], areas[order], sigmas)

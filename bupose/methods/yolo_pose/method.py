@@ -30,7 +30,7 @@ def person_targets(keypoints: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     rows[:, 3] = (b[:, 1] + b[:, 3]) / 2
     rows[:, 4] = b[:, 2] - b[:, 0]
     rows[:, 5] = b[:, 3] - b[:, 1]
-    rows[:, 6:] = kps.reshape(len(kps), -1)
+    rows[:, 6:] = kps.reshape(len(kps), 3 * keypoints.shape[1])
     return rows
 
 
