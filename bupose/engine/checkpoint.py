@@ -75,6 +75,27 @@ def plain_state_dict(checkpoint) -> dict[str, torch.Tensor]:
     return dict(checkpoint)
 
 
+def shorten_keys(keys, n: int = 8) -> str:
+    keys = sorted(keys)
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def check_same_architecture(state_dict: Mapping, ours: Mapping) -> None:
+    """Raise CheckpointError naming missing / unexpected keys, or the first shape mismatches, between a checkpoint's
+    state_dict and the model's (after a method's own, more specific checks)."""
+    missing, unexpected = set(ours) - set(state_dict), set(state_dict) - set(ours)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint and model differ in architecture: missing keys: {shorten_keys(missing)}; "
+                              f"unexpected keys: {shorten_keys(unexpected)}")
+    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
+              for k, v in state_dict.items() if v.shape != ours[k].shape]
+    if shapes:
+        raise CheckpointError(f"checkpoint and model differ in architecture: "
+                              f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:5]))
+
+
 def unwrap_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict of a model, whether or not it is wrapped in DistributedDataParallel / DataParallel."""
     return getattr(model, "module", model).state_dict()

@@ -6,6 +6,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bupose.data.coco_format import dataset_spec
+from bupose.data.keypoints import KeypointSpec
+from bupose.errors import ConfigError
+
+
+def keypoint_spec(cfg) -> KeypointSpec:
+    """The keypoint layout of ``cfg``'s dataset, checked against ``DATASET.NUM_JOINTS``."""
+    spec = dataset_spec(cfg.DATASET.DATASET, cfg.DATASET.ROOT)
+    if cfg.DATASET.NUM_JOINTS != spec.num_keypoints:
+        raise ConfigError(f"DATASET.NUM_JOINTS is {cfg.DATASET.NUM_JOINTS} but {cfg.DATASET.DATASET} has "
+                          f"{spec.num_keypoints} keypoints")
+    return spec
+
 
 class SeededTrainingSet(torch.utils.data.Dataset):
     """Base class; subclasses implement ``__getitem__`` with :meth:`rng`. The trainer calls :meth:`set_epoch`."""

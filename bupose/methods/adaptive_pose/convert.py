@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from bupose.engine.checkpoint import plain_state_dict
+from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError
 
 #: keys every official AdaptivePose HRNet state_dict has (stem, centre/keypoint features, the part head)
@@ -52,13 +52,6 @@ def checkpoint_parts(state_dict: Mapping) -> tuple[int, ...]:
     return tuple(sizes[i] for i in sorted(sizes))
 
 
-def _shorten(keys, n: int = 8) -> str:
-    keys = sorted(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
 def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
     """Raise CheckpointError saying what differs between ``state_dict`` (converted) and ``model``."""
     ours = model.state_dict()
@@ -72,18 +65,10 @@ def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
     if width in state_dict and width in ours and state_dict[width].shape[0] != ours[width].shape[0]:
         raise CheckpointError(f"backbone is HRNet-W{state_dict[width].shape[0]} in the checkpoint, the model is "
                               f"HRNet-W{ours[width].shape[0]} (MODEL.SPEC.STAGES.NUM_CHANNELS)")
-    missing, unexpected = set(ours) - set(state_dict), set(state_dict) - set(ours)
-    if any(k.startswith(AUX_PREFIX) for k in missing):
+    if any(k.startswith(AUX_PREFIX) for k in set(ours) - set(state_dict)):
         raise CheckpointError("the checkpoint has no auxiliary keypoint-heatmap head (hm_hp.*), which the model "
                               "has; build the model without it (MODEL.SPEC.AUX_HEATMAP: false)")
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint and model differ in architecture: missing keys: {_shorten(missing)}; "
-                              f"unexpected keys: {_shorten(unexpected)}")
-    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
-              for k, v in state_dict.items() if v.shape != ours[k].shape]
-    if shapes:
-        raise CheckpointError(f"checkpoint and model differ in architecture: "
-                              f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:5]))
+    check_same_architecture(state_dict, ours)
 
 
 def official_to_bupose(checkpoint, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -99,7 +84,7 @@ def official_to_bupose(checkpoint, model: nn.Module | None = None) -> dict[str, 
         kind = "an AdaptivePose DLA-34 checkpoint (only the HRNet models are supported)" \
             if any(k.startswith("base.") for k in sd) and "sampler.searcher.weight" in sd \
             else "not an AdaptivePose (HRNet) checkpoint"
-        raise CheckpointError(f"{kind}: it lacks {absent}; its keys: {_shorten(sd, 5)}")
+        raise CheckpointError(f"{kind}: it lacks {absent}; its keys: {shorten_keys(sd, 5)}")
     if model is not None:
         if not any(k.startswith(AUX_PREFIX) for k in model.state_dict()):
             sd = {k: v for k, v in sd.items() if not k.startswith(AUX_PREFIX)}

@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bupose.methods.base import SeededTrainingSet
+from bupose.methods.base import SeededTrainingSet, keypoint_spec
 from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
-from bupose.data.coco_format import dataset_spec
 from bupose.data.pipelines import BottomUpAffine, Photometric
 from bupose.errors import ConfigError
 from bupose.methods.adaptive_pose.convert import official_to_bupose
@@ -70,11 +69,8 @@ class AdaptivePoseMethod:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.spec = dataset_spec(cfg.DATASET.DATASET, cfg.DATASET.ROOT)
+        self.spec = keypoint_spec(cfg)
         d, t = cfg.DATASET, cfg.TEST
-        if d.NUM_JOINTS != self.spec.num_keypoints:
-            raise ConfigError(f"DATASET.NUM_JOINTS is {d.NUM_JOINTS} but {d.DATASET} has {self.spec.num_keypoints} "
-                              f"keypoints")
         if not cfg.MODEL.SPEC:
             raise ConfigError("MODEL.SPEC is empty: hrnet_adaptive_pose needs at least the HRNet STAGES (see "
                               "experiments/*/adaptive_pose_*.yaml)")

@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from bupose.engine.checkpoint import plain_state_dict
+from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError
 
 #: keys every official DEKR state_dict has (stem, backbone stage, both heads)
@@ -34,13 +34,6 @@ def checkpoint_num_joints(state_dict: Mapping) -> int:
     return len({m.group(1) for k in state_dict if (m := re.match(r"offset_final_layer\.(\d+)\.", k))})
 
 
-def _shorten(keys, n: int = 8) -> str:
-    keys = sorted(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
 def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
     """Raise CheckpointError saying what differs between ``state_dict`` (converted) and ``model``."""
     ours = model.state_dict()
@@ -55,15 +48,7 @@ def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
     if width in state_dict and width in ours and state_dict[width].shape[0] != ours[width].shape[0]:
         raise CheckpointError(f"backbone is HRNet-W{state_dict[width].shape[0]} in the checkpoint, the model is "
                               f"HRNet-W{ours[width].shape[0]} (MODEL.SPEC.STAGES.NUM_CHANNELS)")
-    missing, unexpected = set(ours) - set(state_dict), set(state_dict) - set(ours)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint and model differ in architecture: missing keys: {_shorten(missing)}; "
-                              f"unexpected keys: {_shorten(unexpected)}")
-    shapes = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}"
-              for k, v in state_dict.items() if v.shape != ours[k].shape]
-    if shapes:
-        raise CheckpointError(f"checkpoint and model differ in architecture: "
-                              f"{len(shapes)} shape mismatches: " + "; ".join(shapes[:5]))
+    check_same_architecture(state_dict, ours)
 
 
 def official_to_bupose(state_dict, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -74,7 +59,7 @@ def official_to_bupose(state_dict, model: nn.Module | None = None) -> dict[str, 
     absent = [k for k in SIGNATURE_KEYS if k not in sd]
     if absent:
         raise CheckpointError(f"not a DEKR (hrnet_dekr) checkpoint: it lacks {absent}; "
-                              f"its keys: {_shorten(sd, 5)}")
+                              f"its keys: {shorten_keys(sd, 5)}")
     # bupose's names equal the official ones: the mapping is the identity
     if model is not None:
         check_compatible(sd, model)

@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bupose.methods.base import SeededTrainingSet
+from bupose.methods.base import SeededTrainingSet, keypoint_spec
 from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
-from bupose.data.coco_format import dataset_spec
 from bupose.data.pipelines import BottomUpAffine, Photometric, to_tensor
 from bupose.errors import ConfigError
 from bupose.methods.dekr.convert import official_to_bupose
@@ -60,10 +59,7 @@ class DEKRMethod:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.spec = dataset_spec(cfg.DATASET.DATASET, cfg.DATASET.ROOT)
-        if cfg.DATASET.NUM_JOINTS != self.spec.num_keypoints:
-            raise ConfigError(f"DATASET.NUM_JOINTS is {cfg.DATASET.NUM_JOINTS} but {cfg.DATASET.DATASET} has "
-                              f"{self.spec.num_keypoints} keypoints")
+        self.spec = keypoint_spec(cfg)
         if not cfg.MODEL.SPEC:
             raise ConfigError("MODEL.SPEC is empty: hrnet_dekr needs the STAGES / HEAD_HEATMAP / HEAD_OFFSET "
                               "structure (see experiments/*/dekr_*.yaml)")

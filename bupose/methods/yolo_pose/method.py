@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bupose.methods.base import SeededTrainingSet
+from bupose.methods.base import SeededTrainingSet, keypoint_spec
 from bupose.data.build import prepare_dataset
-from bupose.data.coco_format import dataset_spec
 from bupose.data.pipelines import HSV, LetterboxTrain
 from bupose.errors import ConfigError
 from bupose.methods.yolo_pose.convert import official_to_bupose
@@ -76,10 +75,7 @@ class YOLOPoseMethod:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.spec = dataset_spec(cfg.DATASET.DATASET, cfg.DATASET.ROOT)
-        if cfg.DATASET.NUM_JOINTS != self.spec.num_keypoints:
-            raise ConfigError(f"DATASET.NUM_JOINTS is {cfg.DATASET.NUM_JOINTS} but {cfg.DATASET.DATASET} has "
-                              f"{self.spec.num_keypoints} keypoints")
+        self.spec = keypoint_spec(cfg)
         unknown = sorted(set(cfg.LOSS.GAINS) - set(_GAIN_KEYS))
         if unknown:
             raise ConfigError(f"LOSS.GAINS has unknown keys {unknown}; known: {sorted(_GAIN_KEYS)}")
