@@ -63,16 +63,33 @@ def plain_state_dict(checkpoint) -> dict[str, torch.Tensor]:
         checkpoint = read_checkpoint(checkpoint)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointError(f"a checkpoint must be a dict of tensors, got {type(checkpoint).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(checkpoint.get(wrapper), Mapping):
-            checkpoint = checkpoint[wrapper]
+    checkpoint = unwrap_checkpoint(checkpoint)
     bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
     if bad:
         raise CheckpointError(f"a checkpoint must be a dict of tensors; entries {bad} are not tensors")
+    return checkpoint
+
+
+def unwrap_checkpoint(checkpoint: Mapping) -> dict:
+    """The weights entry of a loaded checkpoint dict: ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers opened,
+    a ``module.`` prefix (DataParallel) removed; the entries are not checked."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
     prefix = "module."
     if checkpoint and all(k.startswith(prefix) for k in checkpoint):
         checkpoint = {k[len(prefix):]: v for k, v in checkpoint.items()}
     return dict(checkpoint)
+
+
+def has_keys(checkpoint, keys) -> bool:
+    """Whether ``checkpoint`` (a path or object, possibly wrapped or ``module.``-prefixed) is a dict of tensors
+    holding all of ``keys`` -- how the converters recognise an official layout."""
+    try:
+        sd = plain_state_dict(checkpoint)
+    except CheckpointError:
+        return False
+    return all(k in sd for k in keys)
 
 
 def shorten_keys(keys, n: int = 8) -> str:

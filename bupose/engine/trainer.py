@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bupose.config import Config, save_config
-from bupose.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap_state_dict
+from bupose.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap_checkpoint, unwrap_state_dict
 from bupose.engine.optim import ModelEMA, Schedule, build_optimizer, learning_rate  # noqa: F401 (re-exported)
 from bupose.inference.predictor import resolve_device
 from bupose.methods import build_method
@@ -81,11 +81,7 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*"
     raw = read_checkpoint(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"MODEL.PRETRAINED {path}: expected a dict of tensors, got {type(raw).__name__}")
-    for wrapper in ("state_dict", "model"):
-        if isinstance(raw.get(wrapper), dict):
-            raw = raw[wrapper]
-    if raw and all(k.startswith("module.") for k in raw):
-        raw = {k[len("module."):]: v for k, v in raw.items()}
+    raw = unwrap_checkpoint(raw)
     layers = list(layers or ["*"])
     ours = model.state_dict()
     use = {k: v for k, v in raw.items() if k in ours and isinstance(v, torch.Tensor)

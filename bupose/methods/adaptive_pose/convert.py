@@ -15,7 +15,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
+from bupose.engine.checkpoint import check_same_architecture, has_keys, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError
 
 #: keys every official AdaptivePose HRNet state_dict has (stem, centre/keypoint features, the part head)
@@ -35,11 +35,7 @@ def _rename(key: str) -> str:
 
 def looks_official(state_dict) -> bool:
     """Whether ``state_dict`` (possibly wrapped or ``module.``-prefixed) has the official AdaptivePose HRNet keys."""
-    try:
-        sd = plain_state_dict(state_dict)
-    except CheckpointError:
-        return False
-    return all(k in sd for k in SIGNATURE_KEYS)
+    return has_keys(state_dict, SIGNATURE_KEYS)
 
 
 def checkpoint_parts(state_dict: Mapping) -> tuple[int, ...]:

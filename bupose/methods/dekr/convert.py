@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
+from bupose.engine.checkpoint import check_same_architecture, has_keys, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError
 
 #: keys every official DEKR state_dict has (stem, backbone stage, both heads)
@@ -22,11 +22,7 @@ SIGNATURE_KEYS = ("conv1.weight", "layer1.0.conv1.weight", "transition1.0.0.weig
 
 def looks_official(state_dict) -> bool:
     """Whether ``state_dict`` (possibly wrapped or ``module.``-prefixed) has the official DEKR key layout."""
-    try:
-        sd = plain_state_dict(state_dict)
-    except CheckpointError:
-        return False
-    return all(k in sd for k in SIGNATURE_KEYS)
+    return has_keys(state_dict, SIGNATURE_KEYS)
 
 
 def checkpoint_num_joints(state_dict: Mapping) -> int:
