@@ -100,6 +100,24 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+def keep_training_images(root: Path, keep: int, rank) -> list[str]:
+    """Cut the synthetic CrowdPose training annotations under ``root`` down to the ``keep`` images that sort first by
+    ``rank(image, people)`` (``people``: that image's annotations); returns their file names."""
+    import json
+
+    ann_file = root / "synthetic" / "annotations" / "crowdpose_train.json"
+    ann = json.loads(ann_file.read_text())
+    people: dict[int, list] = {}
+    for a in ann["annotations"]:
+        people.setdefault(a["image_id"], []).append(a)
+    chosen = sorted(ann["images"], key=lambda im: rank(im, people.get(im["id"], [])))[:keep]
+    ids = {im["id"] for im in chosen}
+    ann["images"] = [im for im in ann["images"] if im["id"] in ids]
+    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in ids]
+    ann_file.write_text(json.dumps(ann))
+    return [im["file_name"] for im in chosen]
+
+
 def subprocess_env(**extra) -> dict:
     """The environment for a child Python: the repo importable, torch on one thread, no inherited torchrun vars."""
     env = {k: v for k, v in os.environ.items()

@@ -21,7 +21,7 @@ from bupose.methods import build_method, method_class
 from bupose.methods.adaptive_pose.method import AdaptivePoseMethod, AdaptivePoseTrainingSet
 from bupose.methods.adaptive_pose.targets import AdaptivePoseTargetEncoder
 
-from conftest import REPO, TINY_NUM_TRAIN, TINY_NUM_VAL
+from conftest import REPO, TINY_NUM_TRAIN, TINY_NUM_VAL, keep_training_images
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -173,21 +173,11 @@ def test_one_training_iteration_through_the_shared_trainer(cfg, tmp_path):
 def _two_easy_images(synthetic_root: Path, root: Path) -> list[str]:
     """A copy of the synthetic data whose training annotations hold only its two least crowded images."""
     shutil.copytree(synthetic_root / "synthetic", root / "synthetic")
-    ann_file = root / "synthetic" / "annotations" / "crowdpose_train.json"
-    ann = json.loads(ann_file.read_text())
-    people: dict[int, list] = {}
-    for a in ann["annotations"]:
-        people.setdefault(a["image_id"], []).append(a)
 
-    def crowdedness(im):
-        return im.get("crowdIndex", 1.0) >= 0.2, len(people.get(im["id"], [])) or 99, im["id"]
+    def crowdedness(im, people):
+        return im.get("crowdIndex", 1.0) >= 0.2, len(people) or 99, im["id"]
 
-    ranked = sorted(ann["images"], key=crowdedness)[:2]
-    ids = {im["id"] for im in ranked}
-    ann["images"] = [im for im in ann["images"] if im["id"] in ids]
-    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in ids]
-    ann_file.write_text(json.dumps(ann))
-    return [im["file_name"] for im in ranked]
+    return keep_training_images(root, 2, crowdedness)
 
 
 @pytest.mark.slow

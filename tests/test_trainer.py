@@ -20,7 +20,7 @@ from bupose.engine.checkpoint import read_checkpoint, save_checkpoint
 from bupose.engine.trainer import GlobalBatchSampler, Trainer, learning_rate
 from bupose.errors import CheckpointError, ConfigError
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, keep_training_images, subprocess_env
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -466,28 +466,15 @@ def _easy_synthetic_root(root: Path, generate: int = 40, keep: int = 4) -> list[
     """Generate ``generate`` synthetic training images under ``root`` and cut the training annotations down to the
     ``keep`` least crowded ones (at most 2 people, crowd index < 0.2, nobody under 80 px; the least crowded others
     when fewer qualify). Returns their file names."""
-    import json
-
     from bupose.data.synthetic import generate_dataset
 
     generate_dataset(root / "synthetic", generate, 1, workers=1)
-    ann_file = root / "synthetic" / "annotations" / "crowdpose_train.json"
-    ann = json.loads(ann_file.read_text())
-    people: dict[int, list] = {}
-    for a in ann["annotations"]:
-        people.setdefault(a["image_id"], []).append(a)
 
-    def crowdedness(im):
-        ps = people.get(im["id"], [])
+    def crowdedness(im, ps):
         hard = len(ps) > 2 or im.get("crowdIndex", 1.0) >= 0.2 or min(a["bbox"][3] for a in ps) < 80
         return not ps, hard, len(ps), im["id"]
 
-    chosen = sorted(ann["images"], key=crowdedness)[:keep]
-    ids = {im["id"] for im in chosen}
-    ann["images"] = [im for im in ann["images"] if im["id"] in ids]
-    ann["annotations"] = [a for a in ann["annotations"] if a["image_id"] in ids]
-    ann_file.write_text(json.dumps(ann))
-    return [im["file_name"] for im in chosen]
+    return keep_training_images(root, keep, crowdedness)
 
 
 @pytest.mark.slow
