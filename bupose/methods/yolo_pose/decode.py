@@ -188,12 +188,12 @@ class YOLOPoseDecoder:
     # -- pieces ---------------------------------------------------------------------------------------------------
     def _candidates(self, outputs: dict, view: LetterboxView, mirrored: bool) -> torch.Tensor:
         """``(N, 5 + 3K)``: box xyxy, confidence, keypoints (x, y, conf) in image pixels, for one pass."""
-        pred = decode_levels(outputs["levels"], self.anchors, self.strides, self.num_joints)[0].float().cpu()
+        pred = decode_levels(outputs["levels"], self.anchors, self.strides, self.num_joints)[0].float()
         k = self.num_joints
         k0 = pred.shape[1] - 3 * k
         conf = pred[:, 4] * pred[:, 5:k0].amax(1) if k0 > 5 else pred[:, 4]
         sel = (pred[:, 4] > self.conf_threshold) & (conf > self.conf_threshold)
-        pred, conf = pred[sel], conf[sel]
+        pred, conf = pred[sel].cpu(), conf[sel].cpu()  # only the candidates leave the device
         xy, wh = pred[:, 0:2], pred[:, 2:4]
         kps = pred[:, k0:].reshape(-1, k, 3).clone()
         x1, x2 = xy[:, 0] - wh[:, 0] / 2, xy[:, 0] + wh[:, 0] / 2

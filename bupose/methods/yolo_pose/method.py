@@ -9,7 +9,6 @@ from bupose.methods.base import SeededTrainingSet, keypoint_spec
 from bupose.data.build import prepare_dataset
 from bupose.data.pipelines import HSV, LetterboxTrain
 from bupose.errors import ConfigError
-from bupose.methods.yolo_pose.convert import official_to_bupose
 from bupose.methods.yolo_pose.decode import YOLOPoseDecoder, to_yolo_tensor
 from bupose.methods.yolo_pose.loss import YOLOPoseLoss
 from bupose.methods.yolo_pose.model import YOLOPose, build_yolo_pose
@@ -90,10 +89,7 @@ class YOLOPoseMethod:
         return tuple(self._template.strides)
 
     def build_model(self) -> YOLOPose:
-        model = build_yolo_pose(self.cfg.MODEL.SPEC, self.spec.num_keypoints)
-        model.method_name = self.name
-        model.convert_checkpoint = lambda ckpt: official_to_bupose(ckpt, model)
-        return model
+        return build_yolo_pose(self.cfg.MODEL.SPEC, self.spec.num_keypoints)  # tags itself for load_checkpoint
 
     def train_dataset(self) -> YOLOPoseTrainingSet:
         d, c = self.cfg.DATASET, self.cfg
