@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", nargs="+", required=True)
     parser.add_argument("--input-size", type=int)
     args = parser.parse_args(argv)
-    print(f"| config | input | params (M) | GMACs |\n|---|---|---|---|")
+    print("| config | input | params (M) | GMACs |\n|---|---|---|---|")
     for path in args.cfg:
         name, size, params, gmacs = summarise(path, args.input_size)
         print(f"| {name} | {size} | {params / 1e6:.2f} | {gmacs:.2f} |")

@@ -20,7 +20,6 @@ outputs (and, for ``train``, gradients and batch-norm statistics) are compared.
 import argparse
 import copy
 import sys
-import time
 from pathlib import Path
 
 import torch
