@@ -89,3 +89,22 @@ def test_cli_prints_every_key():
                          text=True, check=True).stdout
     assert all(opt.key in out for opt in SCHEMA)
     assert "0.5" in next(line for line in out.splitlines() if line.startswith("TRAIN.LR "))
+
+
+def test_every_experiment_file_loads_and_the_synthetic_models_run():
+    import torch
+    from pathlib import Path
+
+    from bupose.methods import build_method
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+    assert any(p.name == "dekr_simple_160.yaml" for p in files)
+    for path in files:
+        cfg = load_config(str(path))
+        if path.parent.name != "synthetic":
+            continue
+        model = build_method(cfg).build_model().eval()
+        size = cfg.DATASET.INPUT_SIZE
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size))
+        assert out, path.name

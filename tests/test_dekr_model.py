@@ -124,6 +124,21 @@ def test_official_initialisation():
     assert model.conv1.weight.std() < 0.01
 
 
+def test_kaiming_initialisation_for_training_from_scratch():
+    torch.manual_seed(0)
+    model = DEKR.from_spec({**_tiny_spec(), "INIT": "kaiming"}, num_joints=3)
+    w = model.conv2.weight
+    fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+    assert abs(float(w.std()) / (2.0 / fan_out) ** 0.5 - 1) < 0.2  # He-normal, fan-out
+    assert float(model.conv1.weight.std()) > 0.05
+    # the heads' last convolutions stay small and the adaptive convolutions start at their centre
+    assert float(model.head_heatmap[-1].weight.std()) < 0.01
+    assert float(model.offset_final_layer[2].weight.std()) < 0.01
+    assert model.offset_feature_layers[0][0].transform_matrix_conv.weight.abs().sum() == 0
+    with pytest.raises(ValueError, match="init must be"):
+        DEKR(stages=_tiny_spec()["STAGES"], num_joints=3, init="xavier")
+
+
 def test_other_keypoint_count_is_a_clear_error(tiny):
     model = build_dekr(tiny["spec"], 17)
     with pytest.raises(CheckpointError, match="offset head has 14 joints in the checkpoint, the model has 17"):

@@ -47,7 +47,7 @@ def test_files_and_manifest(dataset):
             assert (dataset / "annotations" / f"{layout}_{split}.json").is_file()
     man = json.loads((dataset / "manifest.json").read_text())
     assert man["version"] == syn.GENERATOR_VERSION
-    assert man["params"] == {"num_train": NUM_TRAIN, "num_val": NUM_VAL, "seed": 0}
+    assert man["params"] == {"num_train": NUM_TRAIN, "num_val": NUM_VAL, "seed": 0, "preset": "crowds"}
     assert syn.is_up_to_date(dataset, NUM_TRAIN, NUM_VAL, 0)
 
 
@@ -381,3 +381,30 @@ def test_cli_writes_dataset_and_preview(tmp_path):
     assert syn.is_up_to_date(root, 2, 12, 0)
     grid = cv2.imread(str(preview))
     assert grid is not None and grid.shape[0] > 100 and grid.shape[1] > 100
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+def test_simple_preset_is_small_sparse_and_plain():
+    scenes = [syn.generate_image(i, "val", 0, preset="simple") for i in range(30)]
+    levels = {syn.crowd_level(s.crowd_index) for s in scenes}
+    assert levels == set(syn.LEVELS)  # still all three crowd levels
+    for s in scenes:
+        h, w = s.image.shape[:2]
+        assert 160 <= h <= 224 and 160 <= w <= 224
+        assert 1 <= s.num_people <= 4 and s.annotated.all() and len(s.crowd_masks) == 0
+        # people are large: each labelled person spans at least a third of the image height
+        for kp in s.joints:
+            ys = kp[kp[:, 2] > 0, 1]
+            assert ys.max() - ys.min() > h / 3
+    crowds = [syn.generate_image(i, "val", 0) for i in range(30)]
+    assert np.mean([s.num_people for s in scenes]) < np.mean([s.num_people for s in crowds])
+
+
+def test_preset_is_recorded_and_checked(tmp_path):
+    root = tmp_path / "simple"
+    syn.generate_dataset(root, num_train=2, num_val=2, seed=0, workers=1, preset="simple")
+    assert json.loads((root / "manifest.json").read_text())["params"]["preset"] == "simple"
+    assert syn.is_up_to_date(root, 2, 2, 0, preset="simple")
+    assert not syn.is_up_to_date(root, 2, 2, 0)  # the default preset is another dataset
+    with pytest.raises(ValueError, match="unknown synthetic preset 'hard'.*simple"):
+        syn.generate_image(0, preset="hard")

@@ -15,6 +15,8 @@ def prepare_dataset(cfg, split: str, **kwargs) -> CocoKeypointDataset | YoloPose
     if name.startswith("synthetic"):
         from bupose.data.synthetic import ensure_synthetic
 
-        ensure_synthetic(Path(cfg.DATASET.ROOT) / "synthetic", cfg.DATASET.SYNTHETIC_TRAIN_IMAGES,
-                         cfg.DATASET.SYNTHETIC_VAL_IMAGES, seed=0)
+        preset = "simple" if name.startswith("synthetic_simple") else "crowds"
+        folder = "synthetic_simple" if preset == "simple" else "synthetic"
+        ensure_synthetic(Path(cfg.DATASET.ROOT) / folder, cfg.DATASET.SYNTHETIC_TRAIN_IMAGES,
+                         cfg.DATASET.SYNTHETIC_VAL_IMAGES, seed=0, preset=preset)
     return build_dataset(name, cfg.DATASET.ROOT, split, on_error=cfg.DATASET.ON_ERROR, **kwargs)

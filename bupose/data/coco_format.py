@@ -576,9 +576,10 @@ class DatasetLayout:
     splits: dict[str, tuple[str, str]]
 
 
-def _synthetic(layout: str) -> DatasetLayout:
-    return DatasetLayout(f"synthetic_{layout}", layout, {
-        s: (f"synthetic/annotations/{layout}_{s}.json", f"synthetic/images/{s}") for s in ("train", "val")})
+def _synthetic(layout: str, folder: str = "synthetic") -> DatasetLayout:
+    name = folder + "_" + layout
+    return DatasetLayout(name, layout, {
+        s: (f"{folder}/annotations/{layout}_{s}.json", f"{folder}/images/{s}") for s in ("train", "val")})
 
 
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
@@ -590,6 +591,8 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
         s: (f"ochuman/ochuman_coco_format_{s}_range_0.00_1.00.json", "ochuman/images") for s in ("val", "test")}),
     "synthetic_crowdpose": _synthetic("crowdpose"),
     "synthetic_coco": _synthetic("coco"),
+    "synthetic_simple_crowdpose": _synthetic("crowdpose", "synthetic_simple"),
+    "synthetic_simple_coco": _synthetic("coco", "synthetic_simple"),
 }
 _SPLIT_ALIASES = {"train2017": "train", "val2017": "val"}
 

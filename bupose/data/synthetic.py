@@ -611,9 +611,9 @@ def _draw_figure(img: np.ndarray, fig: _Figure) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def _background(rng: np.random.Generator, h: int, w: int, kinds: int = 5) -> np.ndarray:
     u = rng.uniform
-    kind = rng.integers(5)
+    kind = rng.integers(kinds)
     if kind == 0:  # smooth noise
         g = rng.integers(2, 9)
         small = rng.uniform(0, 255, (g, g, 3)).astype(np.float32)
@@ -705,10 +705,57 @@ _LEVEL_PARAMS = {
 _LEVEL_RANGE = {"easy": (0.0, 0.2), "medium": (0.2, 0.8), "hard": (0.8, 1.6)}
 
 
-def _layout(rng: np.random.Generator, level: str, h: int, w: int) -> list[dict]:
+@dataclass(frozen=True)
+class Preset:
+    """How hard the generated scenes are.
+
+    Attributes:
+        name: the preset's name (stored in the manifest).
+        size: (min, max) image height and width in px.
+        levels: per crowd level the layout parameters of :data:`_LEVEL_PARAMS`.
+        backgrounds: how many of the background kinds (smooth noise, gradient, stripes, blobs, tiles) are used.
+        distractors: whether shapes and stick chains are drawn behind the people.
+        crowd_region_p: probability of a clump of tiny figures annotated as one ``iscrowd`` region.
+        tiny_person_p: probability of a tiny person annotated with ``num_keypoints: 0``.
+        outside_p: probability that a person is shifted partly out of the image.
+        foot_y: (min, max) height of the front row's feet as a fraction of the image height.
+    """
+
+    name: str
+    size: tuple[int, int]
+    levels: dict
+    backgrounds: int = 5
+    distractors: bool = True
+    crowd_region_p: float = 0.05
+    tiny_person_p: float = 0.10
+    outside_p: float = 0.12
+    foot_y: tuple[float, float] = (0.62, 1.08)
+
+
+#: ``crowds``: the default dataset, cluttered scenes of 1-12 people. ``simple``: small images (160-224 px) with 1-4
+#: large people on plain backgrounds, still in the three crowd levels; a model learns it in minutes on a CPU (the
+#: README quick start).
+PRESETS = {
+    "crowds": Preset("crowds", (320, 512), _LEVEL_PARAMS),
+    "simple": Preset("simple", (160, 224), {
+        "easy": dict(n=(1, 2), h=(0.6, 0.9), gap=(1.8, 2.6), rows=(1, 1)),
+        "medium": dict(n=(2, 3), h=(0.55, 0.85), gap=(0.8, 1.3), rows=(1, 1)),
+        "hard": dict(n=(3, 4), h=(0.5, 0.8), gap=(0.6, 1.0), rows=(1, 1)),
+    }, backgrounds=2, distractors=False, crowd_region_p=0.0, tiny_person_p=0.0, outside_p=0.05,
+        foot_y=(0.9, 1.0)),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown synthetic preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def _layout(rng: np.random.Generator, level: str, h: int, w: int, preset: Preset) -> list[dict]:
     """People for ``level`` in rows (back to front), posed and centred; :func:`_place` positions them."""
     u = rng.uniform
-    prm = _LEVEL_PARAMS[level]
+    prm = preset.levels[level]
     n = int(rng.integers(prm["n"][0], prm["n"][1] + 1))
     rows = int(rng.integers(prm["rows"][0], prm["rows"][1] + 1))
     rows = min(rows, n)
@@ -724,12 +771,13 @@ def _layout(rng: np.random.Generator, level: str, h: int, w: int) -> list[dict]:
         ph = float(np.clip(base_h * 0.82 ** depth * u(0.9, 1.1), 50, 300))
         m = int(per_row[r])
         row = {"m": m, "spacing": 0.22 * ph * gap, "cx": group_x + rng.normal(0, 0.08 * w),
-               "foot_y": h * u(0.62, 1.08) - depth * ph * u(0.18, 0.35), "people": []}
+               "foot_y": h * u(*preset.foot_y) - depth * ph * u(0.18, 0.35), "people": []}
         for k in rng.permutation(m):
             hh = float(np.clip(ph * u(0.85, 1.15), 50, 300))
             fig = _make_figure(rng, hh)
             single_x = u(0.2 * w, 0.8 * w) if level == "easy" and m == 1 else None
-            out = (1 if u() < 0.5 else -1) * u(0.1, 0.35) * w if u() < 0.12 else 0.0  # partly outside the image
+            out = ((1 if u() < 0.5 else -1) * u(0.1, 0.35) * w  # partly outside the image
+                   if u() < preset.outside_p else 0.0)
             row["people"].append((int(k), fig, rng.normal(0, 0.15), rng.normal(0, 0.04 * hh), single_x, out))
         plan.append(row)
     return plan
@@ -825,22 +873,24 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), _SPLIT_CODE[split], int(index)]))
 
 
-def generate_image(index: int, split: str = "train", seed: int = 0) -> SyntheticImage:
+def generate_image(index: int, split: str = "train", seed: int = 0, preset: str = "crowds") -> SyntheticImage:
     """Render scene ``index`` of ``split`` for ``seed`` (deterministic; this is exactly what the dataset files hold).
 
     Args:
         index: 0-based image index within the split (the file is ``images/<split>/{index + 1:06d}.jpg``).
         split: ``train`` or ``val`` (different scenes for the same index).
         seed: dataset seed.
+        preset: a name in :data:`PRESETS`.
     Returns:
-        A :class:`SyntheticImage`: the BGR image (``(H, W, 3)``, H and W in 320..512), people far to near with
-        joints ``(N, 19, 3)`` in the internal layout, their full-body masks and the crowd regions.
+        A :class:`SyntheticImage`: the BGR image (``(H, W, 3)``, H and W in the preset's size range), people far to
+        near with joints ``(N, 19, 3)`` in the internal layout, their full-body masks and the crowd regions.
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    pre = get_preset(preset)
     rng = _rng(seed, split, index)
     u = rng.uniform
-    h, w = int(rng.integers(320, 513)), int(rng.integers(320, 513))
+    h, w = int(rng.integers(pre.size[0], pre.size[1] + 1)), int(rng.integers(pre.size[0], pre.size[1] + 1))
     level = LEVELS[int(rng.integers(3))]
     lo, hi = _LEVEL_RANGE[level]
 
@@ -848,7 +898,7 @@ def generate_image(index: int, split: str = "train", seed: int = 0) -> Synthetic
     extras: list[_Figure] = []
     extra_annotated: list[bool] = []
     crowd_figs: list[_Figure] = []
-    if u() < 0.05:  # a clump of tiny figures -> one iscrowd region
+    if u() < pre.crowd_region_p:  # a clump of tiny figures -> one iscrowd region
         ccx, ccy = u(0.15 * w, 0.85 * w), u(0.15 * h, 0.6 * h)
         cw = u(50, 150)
         for _ in range(int(rng.integers(8, 22))):
@@ -856,7 +906,7 @@ def generate_image(index: int, split: str = "train", seed: int = 0) -> Synthetic
             f = _make_figure(rng, th, detail=False, roll=rng.normal(0, 3))
             crowd_figs.append(_translate(f, (ccx + u(-cw / 2, cw / 2), ccy + u(-0.25, 0.25) * cw * 0.5)))
         crowd_figs.sort(key=lambda f: f.bounds[3])
-    if u() < 0.10:  # a tiny person annotated with num_keypoints 0
+    if u() < pre.tiny_person_p:  # a tiny person annotated with num_keypoints 0
         th = u(16, 30)
         f = _make_figure(rng, th, detail=False)
         extras.append(_translate(f, (u(0.05 * w, 0.95 * w), u(0.1 * h, 0.7 * h))))
@@ -866,7 +916,7 @@ def generate_image(index: int, split: str = "train", seed: int = 0) -> Synthetic
     tight = 1.0
     for attempt in range(8):
         if attempt % 4 == 0:
-            plan = _layout(rng, level, h, w)
+            plan = _layout(rng, level, h, w, pre)
         figs = _place(plan, w, tight)
         ann = extra_annotated + [True] * len(figs)
         res = _annotate_people(extras + figs, ann, h, w)
@@ -880,8 +930,9 @@ def generate_image(index: int, split: str = "train", seed: int = 0) -> Synthetic
     _, (figs, annotated, masks, joints, occluder), ci = best
 
     # draw: background, distractors, crowd clump, people far to near, then photometric noise
-    img = _background(rng, h, w)
-    _distractors(rng, img)
+    img = _background(rng, h, w, pre.backgrounds)
+    if pre.distractors:
+        _distractors(rng, img)
     crowd_masks = []
     if crowd_figs:
         cm = np.zeros((h, w), np.uint8)
@@ -997,8 +1048,8 @@ def categories(spec: KeypointSpec) -> list[dict]:
 
 
 def _work(args) -> dict:
-    split, index, seed, out_dir = args
-    scene = generate_image(index, split, seed)
+    split, index, seed, out_dir, preset = args
+    scene = generate_image(index, split, seed, preset)
     name = file_name_of(index)
     ok, buf = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:  # pragma: no cover
@@ -1021,7 +1072,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def generate_split(root: str | os.PathLike, split: str, num_images: int, seed: int = 0, workers: int = 2,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+                   progress: Callable[[int, int], None] | None = None, preset: str = "crowds") -> dict:
     """Write ``images/<split>/*.jpg`` and the two annotation files of one split; return statistics.
 
     Args:
@@ -1031,12 +1082,14 @@ def generate_split(root: str | os.PathLike, split: str, num_images: int, seed: i
         seed: dataset seed.
         workers: processes (1 = in this process); the output does not depend on it.
         progress: called as ``progress(done, total)`` after each image.
+        preset: a name in :data:`PRESETS`.
     Returns:
         ``{"images": n, "people": n, "crowd_regions": n, "unlabelled_people": n,
         "levels": {"easy": n, "medium": n, "hard": n}}`` (levels from the stored crowdIndex).
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    get_preset(preset)
     root = Path(root)
     img_dir = root / "images" / split
     img_dir.mkdir(parents=True, exist_ok=True)
@@ -1044,7 +1097,7 @@ def generate_split(root: str | os.PathLike, split: str, num_images: int, seed: i
         if re.fullmatch(r"\d{6}\.jpg", p.name):
             p.unlink()
     (root / "annotations").mkdir(parents=True, exist_ok=True)
-    jobs = [(split, i, seed, str(img_dir)) for i in range(num_images)]
+    jobs = [(split, i, seed, str(img_dir), preset) for i in range(num_images)]
     recs = []
     if workers <= 1 or num_images < 4:
         for k, job in enumerate(jobs):
@@ -1080,17 +1133,17 @@ def generate_split(root: str | os.PathLike, split: str, num_images: int, seed: i
     return stats
 
 
-def _params(num_train: int, num_val: int, seed: int) -> dict:
-    return {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed)}
+def _params(num_train: int, num_val: int, seed: int, preset: str) -> dict:
+    return {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed), "preset": preset}
 
 
 def generate_dataset(root: str | os.PathLike = DEFAULT_ROOT, num_train: int = 1600, num_val: int = 400,
-                     seed: int = 0, workers: int = 2, progress: Callable[[str, int, int], None] | None = None
-                     ) -> dict:
+                     seed: int = 0, workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
+                     preset: str = "crowds") -> dict:
     """Generate both splits under ``root`` and write ``root/manifest.json`` last; return the manifest.
 
     The manifest holds ``generator``, ``version`` (:data:`GENERATOR_VERSION`), ``params`` (``num_train``,
-    ``num_val``, ``seed``), per-split statistics and the generation time in seconds.
+    ``num_val``, ``seed``, ``preset``), per-split statistics and the generation time in seconds.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -1101,15 +1154,16 @@ def generate_dataset(root: str | os.PathLike = DEFAULT_ROOT, num_train: int = 16
     stats = {}
     for split, n in (("train", num_train), ("val", num_val)):
         cb = (lambda d, t, s=split: progress(s, d, t)) if progress else None
-        stats[split] = generate_split(root, split, n, seed, workers, cb)
+        stats[split] = generate_split(root, split, n, seed, workers, cb, preset)
     manifest = {"generator": "bupose.data.synthetic", "version": GENERATOR_VERSION,
-                "params": _params(num_train, num_val, seed), "stats": stats,
+                "params": _params(num_train, num_val, seed, preset), "stats": stats,
                 "seconds": round(time.perf_counter() - t0, 1)}
     _write_json(man_path, manifest)
     return manifest
 
 
-def is_up_to_date(root: str | os.PathLike, num_train: int = 1600, num_val: int = 400, seed: int = 0) -> bool:
+def is_up_to_date(root: str | os.PathLike, num_train: int = 1600, num_val: int = 400, seed: int = 0,
+                  preset: str = "crowds") -> bool:
     """True when ``root/manifest.json`` matches this generator version and these parameters and the files exist."""
     root = Path(root)
     try:
@@ -1117,7 +1171,7 @@ def is_up_to_date(root: str | os.PathLike, num_train: int = 1600, num_val: int =
     except (OSError, ValueError):
         return False
     if (not isinstance(man, dict) or man.get("version") != GENERATOR_VERSION
-            or man.get("params") != _params(num_train, num_val, seed)):
+            or man.get("params") != _params(num_train, num_val, seed, preset)):
         return False
     for split, n in (("train", num_train), ("val", num_val)):
         for layout in ("coco", "crowdpose"):
@@ -1129,8 +1183,8 @@ def is_up_to_date(root: str | os.PathLike, num_train: int = 1600, num_val: int =
 
 
 def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, num_train: int = 1600, num_val: int = 400,
-                     seed: int = 0, workers: int = 2, progress: Callable[[str, int, int], None] | None = None
-                     ) -> Path:
+                     seed: int = 0, workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
+                     preset: str = "crowds") -> Path:
     """Generate the synthetic dataset under ``root`` unless an up-to-date copy is there (see :func:`is_up_to_date`).
 
     With ``workers > 1`` the images are made in ``spawn``-started processes, so a calling script needs the usual
@@ -1140,8 +1194,8 @@ def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, num_train: int = 16
         ``Path(root)``.
     """
     root = Path(root)
-    if not is_up_to_date(root, num_train, num_val, seed):
-        generate_dataset(root, num_train, num_val, seed, workers, progress)
+    if not is_up_to_date(root, num_train, num_val, seed, preset):
+        generate_dataset(root, num_train, num_val, seed, workers, progress, preset)
     return root
 
 
