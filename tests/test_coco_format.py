@@ -392,6 +392,8 @@ def test_transform_and_index_errors(tmp_path):
     ("ochuman", "test", "ochuman/ochuman_coco_format_test_range_0.00_1.00.json", "ochuman/images"),
     ("synthetic_crowdpose", "train", "synthetic/annotations/crowdpose_train.json", "synthetic/images/train"),
     ("synthetic_coco", "val", "synthetic/annotations/coco_val.json", "synthetic/images/val"),
+    ("synthetic_simple_crowdpose", "val", "synthetic_simple/annotations/crowdpose_val.json",
+     "synthetic_simple/images/val"),
 ])
 def test_dataset_files_layout(tmp_path, name, split, ann, images):
     assert dataset_files(name, tmp_path, split, check=False) == (tmp_path / ann, tmp_path / images)
@@ -406,8 +408,10 @@ def test_dataset_files_layout(tmp_path, name, split, ann, images):
 
 
 def test_dataset_names_and_specs(tmp_path):
-    assert set(DATASET_LAYOUTS) == {"coco", "crowdpose", "ochuman", "synthetic_crowdpose", "synthetic_coco"}
+    assert set(DATASET_LAYOUTS) == {"coco", "crowdpose", "ochuman", "synthetic_crowdpose", "synthetic_coco",
+                                    "synthetic_simple_crowdpose", "synthetic_simple_coco"}
     assert dataset_spec("crowdpose") is CROWDPOSE14 and dataset_spec("synthetic_coco") is COCO17
+    assert dataset_spec("synthetic_simple_crowdpose") is CROWDPOSE14
     assert dataset_spec("ochuman") is COCO17
     with pytest.raises(DataError, match="unknown dataset 'mpii'"):
         dataset_files("mpii", tmp_path, "val")
