@@ -412,6 +412,10 @@ def test_dataset_names_and_specs(tmp_path):
                                     "synthetic_simple_crowdpose", "synthetic_simple_coco"}
     assert dataset_spec("crowdpose") is CROWDPOSE14 and dataset_spec("synthetic_coco") is COCO17
     assert dataset_spec("synthetic_simple_crowdpose") is CROWDPOSE14
+    # generated datasets: (folder, generator preset), which prepare_dataset hands to the generator
+    assert DATASET_LAYOUTS["synthetic_coco"].synthetic == ("synthetic", "crowds")
+    assert DATASET_LAYOUTS["synthetic_simple_crowdpose"].synthetic == ("synthetic_simple", "simple")
+    assert DATASET_LAYOUTS["crowdpose"].synthetic is None
     assert dataset_spec("ochuman") is COCO17
     with pytest.raises(DataError, match="unknown dataset 'mpii'"):
         dataset_files("mpii", tmp_path, "val")

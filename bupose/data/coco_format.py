@@ -569,17 +569,20 @@ def read_image(path: str | Path, where: str = "") -> np.ndarray:
 @dataclass(frozen=True)
 class DatasetLayout:
     """Where a dataset's files live under the datasets root: ``splits[split] = (annotation file, image folder)``,
-    both relative to the root, and the name of its keypoint layout."""
+    both relative to the root, and the name of its keypoint layout. ``synthetic`` is ``(folder, generator preset)``
+    for the datasets that bupose generates (:mod:`bupose.data.synthetic`), else None."""
 
     name: str
     spec: str
     splits: dict[str, tuple[str, str]]
+    synthetic: tuple[str, str] | None = None
 
 
-def _synthetic(layout: str, folder: str = "synthetic") -> DatasetLayout:
-    name = folder + "_" + layout
-    return DatasetLayout(name, layout, {
-        s: (f"{folder}/annotations/{layout}_{s}.json", f"{folder}/images/{s}") for s in ("train", "val")})
+def _synthetic(layout: str, preset: str = "crowds") -> DatasetLayout:
+    folder = "synthetic" if preset == "crowds" else f"synthetic_{preset}"
+    return DatasetLayout(f"{folder}_{layout}", layout, {
+        s: (f"{folder}/annotations/{layout}_{s}.json", f"{folder}/images/{s}") for s in ("train", "val")},
+        synthetic=(folder, preset))
 
 
 DATASET_LAYOUTS: dict[str, DatasetLayout] = {
@@ -591,8 +594,8 @@ DATASET_LAYOUTS: dict[str, DatasetLayout] = {
         s: (f"ochuman/ochuman_coco_format_{s}_range_0.00_1.00.json", "ochuman/images") for s in ("val", "test")}),
     "synthetic_crowdpose": _synthetic("crowdpose"),
     "synthetic_coco": _synthetic("coco"),
-    "synthetic_simple_crowdpose": _synthetic("crowdpose", "synthetic_simple"),
-    "synthetic_simple_coco": _synthetic("coco", "synthetic_simple"),
+    "synthetic_simple_crowdpose": _synthetic("crowdpose", "simple"),
+    "synthetic_simple_coco": _synthetic("coco", "simple"),
 }
 _SPLIT_ALIASES = {"train2017": "train", "val2017": "val"}
 

@@ -710,7 +710,6 @@ class Preset:
     """How hard the generated scenes are.
 
     Attributes:
-        name: the preset's name (stored in the manifest).
         size: (min, max) image height and width in px.
         levels: per crowd level the layout parameters of :data:`_LEVEL_PARAMS`.
         backgrounds: how many of the background kinds (smooth noise, gradient, stripes, blobs, tiles) are used.
@@ -721,7 +720,6 @@ class Preset:
         foot_y: (min, max) height of the front row's feet as a fraction of the image height.
     """
 
-    name: str
     size: tuple[int, int]
     levels: dict
     backgrounds: int = 5
@@ -736,8 +734,8 @@ class Preset:
 #: large people on plain backgrounds, still in the three crowd levels; a model learns it in minutes on a CPU (the
 #: README quick start).
 PRESETS = {
-    "crowds": Preset("crowds", (320, 512), _LEVEL_PARAMS),
-    "simple": Preset("simple", (160, 224), {
+    "crowds": Preset((320, 512), _LEVEL_PARAMS),
+    "simple": Preset((160, 224), {
         "easy": dict(n=(1, 2), h=(0.6, 0.9), gap=(1.8, 2.6), rows=(1, 1)),
         "medium": dict(n=(2, 3), h=(0.55, 0.85), gap=(0.8, 1.3), rows=(1, 1)),
         "hard": dict(n=(3, 4), h=(0.5, 0.8), gap=(0.6, 1.0), rows=(1, 1)),
