@@ -18,7 +18,7 @@ from bupose.engine.checkpoint import read_checkpoint
 from bupose.engine.trainer import Trainer
 from bupose.errors import ConfigError
 from bupose.methods import build_method, method_class
-from bupose.methods.adaptive_pose.method import AdaptivePoseMethod, AdaptivePoseTrainingSet
+from bupose.methods.adaptive_pose.method import AdaptivePoseMethod, AdaptivePoseTrainingSet, DLAAdaptivePoseMethod
 from bupose.methods.adaptive_pose.targets import AdaptivePoseTargetEncoder
 
 from conftest import REPO, TINY_NUM_TRAIN, TINY_NUM_VAL, keep_training_images
@@ -168,6 +168,76 @@ def test_one_training_iteration_through_the_shared_trainer(cfg, tmp_path):
     moved = [k for k, v in trainer.model.state_dict().items()
              if v.is_floating_point() and not torch.equal(v, before[k])]
     assert "sampler.searcher.weight" in moved and "hm_hp.2.bias" in moved  # the adaptive points and the aux head
+
+
+DLA_TINY_SPEC = {"LEVELS": [1, 1, 1, 2, 2, 1], "CHANNELS": [4, 4, 4, 8, 8, 16], "HEAD_CHANNELS": 8,
+                 "PART_CHANNELS": 4}
+
+
+def _dla_cfg(cfg, *overrides):
+    """The synthetic experiment on a tiny DLA (``MODEL.SPEC`` overrides merge, so the HRNet spec is replaced)."""
+    c = cfg(*overrides)
+    c.MODEL.NAME, c.MODEL.SPEC = "dla_adaptive_pose", dict(DLA_TINY_SPEC)
+    return c
+
+
+def test_dla_registered_under_its_model_name(cfg):
+    assert method_class("dla_adaptive_pose") is DLAAdaptivePoseMethod
+    method = build_method(_dla_cfg(cfg))
+    assert method.name == "dla_adaptive_pose" and method.spec.name == "crowdpose"
+    model = method.build_model()
+    assert model.method_name == "dla_adaptive_pose" and model.backbone == "dla34" and model.num_joints == 14
+    assert model.convert_checkpoint({"model": model.state_dict()}).keys() == model.state_dict().keys()
+    c = _dla_cfg(cfg)
+    c.MODEL.SPEC = {}
+    assert build_method(c).build_model().state_dict()["base.level5.root.conv.weight"].shape == (512, 1280, 1, 1)
+    with pytest.raises(ConfigError, match=r"INPUT_SIZE is 100; dla_adaptive_pose needs a multiple of 32 \(the "
+                                          r"DLA-34's lowest resolution is 1/32\)"):
+        build_method(_dla_cfg(cfg, "DATASET.INPUT_SIZE", 100))
+    with pytest.raises(ConfigError, match=r"unknown fields \['STAGES', 'STEM_BLOCKS'\].*; STAGES is the HRNet layout"):
+        build_method(cfg("MODEL.NAME", "dla_adaptive_pose")).build_model()
+
+
+def test_dla_experiment_file_is_the_official_recipe():
+    """experiments/coco/adaptive_pose_dla34_512.yaml: the official DLA-34 model (its keys and shapes, less the
+    unused ImageNet classifier) and src/main_dla34_coco512.sh's recipe and test scales."""
+    cfg = load_config(REPO / "experiments" / "coco" / "adaptive_pose_dla34_512.yaml")
+    method = build_method(cfg)
+    assert isinstance(method, DLAAdaptivePoseMethod)
+    official = json.loads((REPO / "tests" / "fixtures" / "adaptive_pose_dla34_coco_official_keys.json").read_text())
+    model = method.build_model()
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == {
+        k: v for k, v in official["shapes"].items() if not k.startswith("base.fc.")}
+    t = cfg.TRAIN
+    assert (t.OPTIMIZER, t.LR, t.IMAGES_PER_GPU, t.END_EPOCH, t.LR_STEP) == ("adam", 2.5e-4, 16, 280, [230, 260])
+    assert cfg.DATASET.INPUT_SIZE == 512 and cfg.TEST.SCALE_FACTOR == [1.0, 1.25, 1.5, 1.75]
+    loss, decoder = method.loss_module(), method.decoder()
+    assert (loss.oks_factor, bool(loss.bone_edges)) == (5.0, False)
+    assert decoder.max_people == 20 and decoder.flip == "fuse" and decoder.nms == "soft"
+
+
+def test_dla_one_training_iteration_through_the_shared_trainer(cfg, tmp_path):
+    import bupose
+    from bupose.errors import CheckpointError
+
+    c = _dla_cfg(cfg, "TRAIN.END_EPOCH", 1, "TRAIN.IMAGES_PER_GPU", 2, "DATASET.MAX_TRAIN_IMAGES", 2)
+    trainer = Trainer(c, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    history = trainer.train()
+    assert len(history) == 1 and math.isfinite(history[0]["loss"]) and history[0]["loss"] > 0
+    moved = {k for k, v in trainer.model.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, before[k])}
+    assert {"base.base_layer.0.weight", "dla_up.ida_0.up_1.weight", "ida_up.node_2.conv.weight",
+            "sampler.searcher.weight", "hm_hp.4.bias"} <= moved
+    path = tmp_path / "run" / "checkpoint.pth"
+    assert read_checkpoint(path)["method"] == "dla_adaptive_pose"
+    model = build_method(c).build_model()
+    bupose.load_checkpoint(model, path)
+    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model.state_dict().items())
+    hrnet = build_method(cfg()).build_model()
+    with pytest.raises(CheckpointError, match="is a 'dla_adaptive_pose' checkpoint; the model is "
+                                              "'hrnet_adaptive_pose'"):
+        bupose.load_checkpoint(hrnet, path)
 
 
 def _two_easy_images(synthetic_root: Path, root: Path) -> list[str]:

@@ -23,6 +23,19 @@ Fixtures (made with the official code, outside this repository; the generating s
 
 ``fixtures/adaptive_pose_w32_coco_official_keys.json``
     ``{key: shape}`` of the official model's state_dict for hrnet32.yaml (HRNet-W32) with the COCO training heads.
+
+The DLA-34 model (``MODEL.NAME: dla_adaptive_pose``) against the official ``--arch dla_34`` model (its fixtures are
+made by ``fixtures/adaptive_pose_dla_make_fixtures.py``, which imports the official code from a scratch copy at
+generation time and documents every step):
+
+``fixtures/adaptive_pose_dla34_coco_official_keys.json``
+    ``{key: shape}`` of the official master-branch DLA-34 model with the COCO training heads (with the ImageNet
+    classifier ``base.fc`` it keeps).
+
+``fixtures/adaptive_pose_dla34_tiny_official.pt``
+    The official ``new_ops``-branch model (pure PyTorch: torchvision DCN, ``grid_sample`` warp with
+    ``align_corners=False``) with a small DLA (DLA-34's levels, channels 4/4/4/8/8/16), ``head_conv`` 16 and part
+    width 8; random weights (float16 values), its state_dict (new_ops key names), an input and its float64 outputs.
 """
 import json
 import math
@@ -34,11 +47,12 @@ import torch
 from bupose.data.keypoints import COCO17, CROWDPOSE14
 from bupose.errors import CheckpointError, ConfigError
 from bupose.methods.adaptive_pose.convert import load_official, looks_official, official_to_bupose
-from bupose.methods.adaptive_pose.model import (PARTS, AdaptivePose, BodyPart, body_parts, build_adaptive_pose,
-                                                warp)
+from bupose.methods.adaptive_pose.model import (PARTS, AdaptivePose, BodyPart, DLAAdaptivePose, body_parts,
+                                                build_adaptive_pose, build_dla_adaptive_pose, warp)
 from bupose.methods.dekr import build_dekr
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("center", "offset", "part_offset", "aux_heatmap")
 
 
@@ -273,3 +287,203 @@ def test_custom_parts_are_checked():
     model = build_adaptive_pose(_tiny_spec(PARTS=merged), COCO17)
     assert model.part_names == ("upper", "hip", "left_knee_ankle", "right_knee_ankle")
     assert model.sampler.pred_kps_list[0].weight.shape[0] == 2 * 11
+
+
+
+# --- DLA-34 -------------------------------------------------------------------------------------------------------
+DLA_TINY = {"LEVELS": [1, 1, 1, 2, 2, 1], "CHANNELS": [4, 4, 4, 8, 8, 16], "HEAD_CHANNELS": 16, "PART_CHANNELS": 8}
+
+
+@pytest.fixture(scope="module")
+def dla_tiny():
+    f = torch.load(FIXTURES / "adaptive_pose_dla34_tiny_official.pt", weights_only=True)
+    sd, i, j = {}, 0, 0
+    for key in f["float_keys"]:
+        n = math.prod(f["shapes"][key])
+        sd[key], i = f["float16"][i:i + n].float().view(f["shapes"][key]), i + n
+    for key in f["int_keys"]:
+        n = math.prod(f["shapes"][key])
+        sd[key], j = f["int64"][j:j + n].view(f["shapes"][key]), j + n
+    spec = {"LEVELS": f["levels"], "CHANNELS": f["channels"], "HEAD_CHANNELS": f["head_channels"],
+            "PART_CHANNELS": f["part_channels"], "WARP_ALIGN_CORNERS": False}  # the new_ops branch's warp
+    assert {k: v for k, v in spec.items() if k != "WARP_ALIGN_CORNERS"} == DLA_TINY
+    return {"spec": spec, "state_dict": sd, "input": f["input"].float(), "error32": f["official_float32_error"],
+            **{k: f[k] for k in OUTPUTS}}
+
+
+def _dla_official_keys() -> dict:
+    return json.loads((FIXTURES / "adaptive_pose_dla34_coco_official_keys.json").read_text())["shapes"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dla_matches_official_model(dla_tiny, dtype):
+    """The official new_ops DLA model's outputs, from its own state_dict (param_generator names): within the
+    float32 rounding of the stored outputs in float64; in float32 within twice the official model's own float32
+    error (about 2e-3 on offsets of up to 23 pixels: the random network amplifies the deformable sampling)."""
+    model = build_dla_adaptive_pose(dla_tiny["spec"], COCO17)
+    assert any(".param_generator." in k for k in dla_tiny["state_dict"])
+    model.load_state_dict(official_to_bupose(dla_tiny["state_dict"], model))  # strict
+    model.eval().to(dtype)
+    with torch.no_grad():
+        out = model(dla_tiny["input"].to(dtype), with_aux=True)
+    assert set(out) == set(OUTPUTS)
+    for name in OUTPUTS:
+        assert out[name].shape == dla_tiny[name].shape, name
+        tol = 2e-6 if dtype == torch.float64 else 2 * dla_tiny["error32"][name] + 1e-5
+        assert (out[name] - dla_tiny[name]).abs().max() <= tol, name
+    w = dla_tiny["part_offset"].shape[-1]  # the fixture exercises the border clamp
+    px = torch.arange(w) + dla_tiny["part_offset"][:, 0::2]
+    assert ((px < 0) | (px > w - 1)).float().mean() > 0.05
+
+
+def test_dla34_keys_equal_official():
+    """The full-size model's state_dict is the official one's, key by key, in order, shapes included, less the
+    ImageNet classifier base.fc that the official model keeps; it runs (on a small input: over 50 GMACs at 512)."""
+    official = _dla_official_keys()
+    assert official["base.fc.weight"] == [1000, 512, 1, 1] and official["hm.2.weight"] == [256, 256, 3, 3]
+    torch.manual_seed(0)
+    model = build_dla_adaptive_pose({}, COCO17)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours.items()) == [(k, v) for k, v in official.items() if not k.startswith("base.fc.")]
+    assert model.out_channels == 64 and model.backbone == "dla34"
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"center": (1, 1, 16, 24), "offset": (1, 34, 16, 24),
+                                                           "part_offset": (1, 14, 16, 24)}
+
+
+@pytest.mark.parametrize("size", [(512, 512), (384, 512), (512, 320)])
+def test_dla_output_shapes(size):
+    torch.manual_seed(0)
+    model = build_dla_adaptive_pose(DLA_TINY, COCO17)
+    h, w = size[0] // 4, size[1] // 4
+    with torch.no_grad():
+        train = model.train()(torch.randn(1, 3, *size))
+        evaluation = model.eval()(torch.randn(1, 3, *size))
+    assert {n: tuple(t.shape) for n, t in train.items()} == {
+        "center": (1, 1, h, w), "offset": (1, 34, h, w), "part_offset": (1, 14, h, w), "aux_heatmap": (1, 17, h, w)}
+    assert set(evaluation) == {"center", "offset", "part_offset"}
+    with pytest.raises(ValueError, match="multiples of 32, got 80x96"):
+        model(torch.randn(1, 3, 80, 96))
+
+
+def test_dla_official_initialisation():
+    torch.manual_seed(0)
+    model = DLAAdaptivePose(parts=body_parts(CROWDPOSE14), levels=DLA_TINY["LEVELS"], channels=DLA_TINY["CHANNELS"],
+                            head_channels=16, part_channels=8).eval()
+    assert model.num_joints == 14 and model.num_parts == 7
+    s = model.sampler
+    assert s.searcher.weight.abs().sum() == 0 and s.searcher.bias.abs().sum() == 0
+    assert torch.all(s.pred_ct_hm.bias == -2.19) and torch.all(model.hm_hp[4].bias == -2.19)
+    assert model.hps[0].bias.abs().sum() == 0 and model.hps[2].bias.abs().sum() == 0
+    dcns = [m for name, m in model.named_modules() if name.endswith(".conv") and hasattr(m, "conv_offset_mask")]
+    assert len(dcns) == 2 * (3 + 2 + 1) + 2 * 2  # dla_up: 3 + 2 + 1 stages, ida_up: 2; proj and node each
+    assert all(d.conv_offset_mask.weight.abs().sum() == 0 and d.conv_offset_mask.bias.abs().sum() == 0 for d in dcns)
+    # the learnt up-sampling starts bilinear: x2 taps (1, 3, 3, 1) / 4, x4 taps (1, 3, 5, 7, 7, 5, 3, 1) / 8
+    x2 = torch.tensor([1.0, 3, 3, 1]) / 4
+    x4 = torch.tensor([1.0, 3, 5, 7, 7, 5, 3, 1]) / 8
+    assert torch.allclose(model.dla_up.ida_0.up_1.weight, (x2[:, None] * x2).expand(8, 1, 4, 4))
+    assert torch.allclose(model.ida_up.up_2.weight, (x4[:, None] * x4).expand(4, 1, 8, 8))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert out["part_offset"].abs().max() == 0  # the adaptive points start at the centre
+
+
+def test_dla_gradients_reach_the_backbone_and_the_adaptive_points():
+    torch.manual_seed(0)
+    model = build_dla_adaptive_pose(DLA_TINY, COCO17).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    (out["offset"].square().mean() + out["center"].mean() + out["aux_heatmap"].mean()).backward()
+    for name in ("base.base_layer.0.weight", "base.level5.root.conv.weight", "dla_up.ida_2.up_3.weight",
+                 "ida_up.proj_2.conv.weight", "sampler.searcher.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+
+def _dla_method_model(tiny_spec: dict):
+    """The tiny DLA model built by the method, as tools/test.py builds it (convert_checkpoint attached)."""
+    from bupose.config import load_config
+    from bupose.methods import build_method
+
+    overrides = ["MODEL.SPEC", json.dumps(tiny_spec)]
+    return build_method(load_config(REPO / "experiments" / "coco" / "adaptive_pose_dla34_512.yaml", overrides))
+
+
+def test_official_dla_checkpoints_load_through_load_checkpoint(dla_tiny, tmp_path):
+    """CenterNet's {'epoch', 'state_dict'} wrapper with DataParallel's module. prefix and the ImageNet classifier
+    base.fc, with new_ops or master names, as a file or loaded, through bupose.load_checkpoint."""
+    import bupose
+
+    sd = dla_tiny["state_dict"]
+    master = {k.replace(".param_generator.", ".conv_offset_mask."): v for k, v in sd.items()}
+    fc = {"base.fc.weight": torch.zeros(1000, 16, 1, 1), "base.fc.bias": torch.zeros(1000)}
+    centernet = {"epoch": 280, "state_dict": {"module." + k: v for k, v in {**sd, **fc}.items()}}
+    path = tmp_path / "model_best.pth"
+    torch.save(centernet, path)
+    assert looks_official(path, "dla34") and looks_official(master, "dla34") and not looks_official(sd)
+    model = _dla_method_model(dla_tiny["spec"]).build_model()
+    assert model.method_name == "dla_adaptive_pose"
+    for ckpt in (path, centernet, master, {"model": master}):
+        for p in model.parameters():
+            p.data.zero_()
+        bupose.load_checkpoint(model, ckpt)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in master.items())
+    with torch.no_grad():
+        out = model.eval()(dla_tiny["input"])
+    assert (out["offset"] - dla_tiny["offset"]).abs().max() <= 2 * dla_tiny["error32"]["offset"] + 1e-5
+    # without the training-only head: hm_hp is dropped
+    no_aux = _dla_method_model(dict(dla_tiny["spec"], AUX_HEATMAP=False)).build_model()
+    bupose.load_checkpoint(no_aux, path)
+    assert not any(k.startswith("hm_hp.") for k in no_aux.state_dict())
+
+
+def test_other_backbone_checkpoints_are_refused(tiny, dla_tiny):
+    import bupose
+
+    dla = build_dla_adaptive_pose(dla_tiny["spec"], COCO17)
+    with pytest.raises(CheckpointError, match=r"an AdaptivePose HRNet checkpoint, but the model is AdaptivePose on "
+                                              r"DLA-34 \(MODEL.NAME hrnet_adaptive_pose builds the HRNet model\)"):
+        load_official(dla, {"epoch": 140, "state_dict": tiny["state_dict"]})
+    hrnet = build_adaptive_pose(tiny["spec"], COCO17)
+    with pytest.raises(CheckpointError, match=r"an AdaptivePose DLA-34 checkpoint, but the model is AdaptivePose on "
+                                              r"HRNet \(MODEL.NAME dla_adaptive_pose builds the DLA-34 model\)"):
+        load_official(hrnet, dla_tiny["state_dict"])
+    # through load_checkpoint: official files are recognised, bupose checkpoints refused by their method name
+    model = _dla_method_model(dla_tiny["spec"]).build_model()
+    with pytest.raises(CheckpointError, match="an AdaptivePose HRNet checkpoint"):
+        bupose.load_checkpoint(model, tiny["state_dict"])
+    with pytest.raises(CheckpointError, match="is a 'hrnet_adaptive_pose' checkpoint; the model is "
+                                              "'dla_adaptive_pose'"):
+        bupose.load_checkpoint(model, {"model": hrnet.state_dict(), "method": "hrnet_adaptive_pose"})
+    with pytest.raises(CheckpointError, match=r"not an AdaptivePose \(DLA-34\) checkpoint"):
+        official_to_bupose({"conv1.weight": torch.zeros(1)}, dla)
+
+
+def test_other_dla_layouts_are_clear_errors(dla_tiny):
+    crowd = build_dla_adaptive_pose(dla_tiny["spec"], CROWDPOSE14)
+    with pytest.raises(CheckpointError, match=r"checkpoint has 17 keypoints in 7 parts"):
+        load_official(crowd, dla_tiny["state_dict"])
+    wider = build_dla_adaptive_pose(dict(dla_tiny["spec"], CHANNELS=[8, 8, 8, 16, 16, 32]), COCO17)
+    with pytest.raises(CheckpointError, match=r"shape mismatches: base.base_layer.0.weight: checkpoint "
+                                              r"\(4, 3, 7, 7\), model \(8, 3, 7, 7\)"):
+        load_official(wider, dla_tiny["state_dict"])
+    deeper = build_dla_adaptive_pose(dict(dla_tiny["spec"], LEVELS=[1, 1, 1, 2, 2, 2]), COCO17)
+    with pytest.raises(CheckpointError, match="missing keys: base.level5.tree1.project"):
+        load_official(deeper, dla_tiny["state_dict"])
+    no_aux = build_dla_adaptive_pose(dict(dla_tiny["spec"], AUX_HEATMAP=False), COCO17)
+    with_aux = build_dla_adaptive_pose(dla_tiny["spec"], COCO17)
+    with pytest.raises(CheckpointError, match=r"no auxiliary keypoint-heatmap head \(hm_hp"):
+        load_official(with_aux, no_aux.state_dict())
+
+
+def test_dla_spec_errors_name_the_field():
+    with pytest.raises(ConfigError, match=r"for dla_adaptive_pose: missing fields \[\], unknown fields \['STAGES'\]"
+                                          r".*STAGES is the HRNet layout \(MODEL.NAME hrnet_adaptive_pose\)"):
+        build_dla_adaptive_pose({"STAGES": _stages()}, COCO17)
+    with pytest.raises(ConfigError, match=r"unknown fields \['LEVELS'\].*LEVELS / CHANNELS are the DLA layout"):
+        build_adaptive_pose(_tiny_spec(LEVELS=[1] * 6), COCO17)
+    with pytest.raises(ConfigError, match=r"DLA CHANNELS must be six positive integers \(DLA-34: \[16, 32"):
+        build_dla_adaptive_pose({"CHANNELS": [16, 32, 64]}, COCO17)
+    with pytest.raises(ConfigError, match="DLA LEVELS must be six positive integers"):
+        build_dla_adaptive_pose({"LEVELS": [1, 1, 0, 2, 2, 1]}, COCO17)
+    with pytest.raises(ConfigError, match="HEAD_CHANNELS must be a positive integer"):
+        build_dla_adaptive_pose({"HEAD_CHANNELS": 0}, COCO17)

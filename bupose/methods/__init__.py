@@ -18,6 +18,7 @@ METHODS = {
     "hrnet_dekr": "bupose.methods.dekr.method:DEKRMethod",
     "yolo_pose": "bupose.methods.yolo_pose.method:YOLOPoseMethod",
     "hrnet_adaptive_pose": "bupose.methods.adaptive_pose.method:AdaptivePoseMethod",
+    "dla_adaptive_pose": "bupose.methods.adaptive_pose.method:DLAAdaptivePoseMethod",
 }
 
 

@@ -1,4 +1,5 @@
-"""Shared building blocks: conv-BN-ReLU helpers, HRNet's residual blocks and DEKR's adaptive convolution.
+"""Shared building blocks: conv-BN-ReLU helpers, HRNet's residual blocks, DEKR's adaptive convolution and the
+modulated deformable convolution (DCNv2) of the CenterNet-based models.
 
 The residual blocks follow HRNet (Sun et al., "Deep High-Resolution Representation Learning for Human Pose
 Estimation", CVPR 2019); the adaptive convolution and :class:`AdaptBlock` follow DEKR (Geng et al., "Bottom-Up Human
@@ -92,6 +93,43 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         residual = x if self.downsample is None else self.downsample(x)
         return self.relu(out + residual)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """DCNv2 (Zhu et al., "Deformable ConvNets v2", CVPR 2019) with its own offset/mask predictor, ``(B, C, H, W) ->
+    (B, C', H', W')`` (``H' = H / stride`` for the usual ``padding = dilation (k - 1) / 2``), computed by
+    :func:`torchvision.ops.deform_conv2d` (no compiled extension). Keys as the ``DCN`` module of the CenterNet-based
+    official code (CenterNet, AdaptivePose): ``weight``, ``bias``, ``conv_offset_mask.{weight,bias}``.
+
+    ``conv_offset_mask`` (same kernel, stride, padding and dilation) gives ``3 k k`` channels: the first ``2 k k``
+    are the offsets in deform_conv2d's layout (``[dy0, dx0, dy1, dx1, ...]``, kernel points row-major), the last
+    ``k k`` the mask logits (through a sigmoid)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 padding: int = 1, dilation: int = 1):
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.conv_offset_mask = nn.Conv2d(in_channels, 3 * kernel_size * kernel_size, kernel_size, stride,
+                                          padding, dilation=dilation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official initialisation: weight U(+-1/sqrt(fan_in)), zero bias, zero offsets and mask logits."""
+        bound = (self.weight[0].numel()) ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.conv_offset_mask.weight)
+        nn.init.zeros_(self.conv_offset_mask.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import deform_conv2d
+
+        params = self.conv_offset_mask(x)
+        n = params.shape[1] // 3
+        return deform_conv2d(x, params[:, :2 * n], self.weight, self.bias, stride=self.stride,
+                             padding=self.padding, dilation=self.dilation, mask=params[:, 2 * n:].sigmoid())
 
 
 def regular_grid() -> torch.Tensor:

@@ -23,11 +23,12 @@ from bupose.errors import ConfigError
 from bupose.methods.adaptive_pose.convert import official_to_bupose
 from bupose.methods.adaptive_pose.decode import FLIP_MODES, NMS_KINDS, AdaptivePoseDecoder, to_centernet_tensor
 from bupose.methods.adaptive_pose.loss import AdaptivePoseLoss, bone_edges
-from bupose.methods.adaptive_pose.model import AdaptivePose, build_adaptive_pose
+from bupose.methods.adaptive_pose.model import (AdaptivePose, DLAAdaptivePose, build_adaptive_pose,
+                                                build_dla_adaptive_pose)
 from bupose.methods.adaptive_pose.targets import AdaptivePoseTargetEncoder
 
 STRIDE_MODE = "corner"  # x_out = x_in / 4: CenterNet's convention, that of the official weights and the decoder
-OUTPUT_STRIDE = 4  # the model's (HRNet's highest-resolution branch)
+OUTPUT_STRIDE = 4  # the model's (HRNet's highest-resolution branch; DLA-34's up-sampled level 2)
 
 
 class AdaptivePoseTrainingSet(SeededTrainingSet):
@@ -63,23 +64,22 @@ class AdaptivePoseTrainingSet(SeededTrainingSet):
 
 
 class AdaptivePoseMethod:
-    """``MODEL.NAME: hrnet_adaptive_pose``."""
+    """``MODEL.NAME: hrnet_adaptive_pose``: AdaptivePose on HRNet."""
 
     name = "hrnet_adaptive_pose"
+    backbone = "HRNet"
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.spec = keypoint_spec(cfg)
         d, t = cfg.DATASET, cfg.TEST
-        if not cfg.MODEL.SPEC:
-            raise ConfigError("MODEL.SPEC is empty: hrnet_adaptive_pose needs at least the HRNet STAGES (see "
-                              "experiments/*/adaptive_pose_*.yaml)")
+        self.check_spec(cfg.MODEL.SPEC)
         if d.OUTPUT_STRIDE != OUTPUT_STRIDE:
-            raise ConfigError(f"DATASET.OUTPUT_STRIDE is {d.OUTPUT_STRIDE}; hrnet_adaptive_pose outputs at stride "
+            raise ConfigError(f"DATASET.OUTPUT_STRIDE is {d.OUTPUT_STRIDE}; {self.name} outputs at stride "
                               f"{OUTPUT_STRIDE}")
         if d.INPUT_SIZE % 32:
-            raise ConfigError(f"DATASET.INPUT_SIZE is {d.INPUT_SIZE}; hrnet_adaptive_pose needs a multiple of 32 "
-                              f"(the HRNet's lowest resolution is 1/32)")
+            raise ConfigError(f"DATASET.INPUT_SIZE is {d.INPUT_SIZE}; {self.name} needs a multiple of 32 "
+                              f"(the {self.backbone}'s lowest resolution is 1/32)")
         if t.FLIP_MODE not in FLIP_MODES:
             raise ConfigError(f"TEST.FLIP_MODE is {t.FLIP_MODE!r}; expected one of {list(FLIP_MODES)}")
         if t.POSE_NMS not in NMS_KINDS:
@@ -87,8 +87,16 @@ class AdaptivePoseMethod:
         if t.MAX_NUM_PEOPLE < 1:
             raise ConfigError(f"TEST.MAX_NUM_PEOPLE is {t.MAX_NUM_PEOPLE}; expected at least 1")
 
-    def build_model(self) -> AdaptivePose:
-        model = build_adaptive_pose(self.cfg.MODEL.SPEC, self.spec)
+    def check_spec(self, spec) -> None:
+        if not spec:
+            raise ConfigError("MODEL.SPEC is empty: hrnet_adaptive_pose needs at least the HRNet STAGES (see "
+                              "experiments/*/adaptive_pose_*.yaml)")
+
+    def make_model(self) -> AdaptivePose:
+        return build_adaptive_pose(self.cfg.MODEL.SPEC, self.spec)
+
+    def build_model(self) -> AdaptivePose | DLAAdaptivePose:
+        model = self.make_model()
         model.method_name = self.name
         model.convert_checkpoint = lambda ckpt: official_to_bupose(ckpt, model)
         return model
@@ -119,3 +127,17 @@ class AdaptivePoseMethod:
                                    input_size=self.cfg.DATASET.INPUT_SIZE, output_stride=OUTPUT_STRIDE,
                                    max_people=t.MAX_NUM_PEOPLE, threshold=t.KEYPOINT_THRESHOLD, flip=t.FLIP_MODE,
                                    nms=t.POSE_NMS, oks_threshold=t.OKS_THRESHOLD)
+
+
+class DLAAdaptivePoseMethod(AdaptivePoseMethod):
+    """``MODEL.NAME: dla_adaptive_pose``: AdaptivePose on DLA-34 (the official ``--arch dla_34`` model); the same
+    data, loss and decoding as :class:`AdaptivePoseMethod`. ``MODEL.SPEC`` may be empty (the official model)."""
+
+    name = "dla_adaptive_pose"
+    backbone = "DLA-34"
+
+    def check_spec(self, spec) -> None:
+        pass  # every field is optional; build_dla_adaptive_pose checks them
+
+    def make_model(self) -> DLAAdaptivePose:
+        return build_dla_adaptive_pose(self.cfg.MODEL.SPEC, self.spec)

@@ -1,15 +1,17 @@
 """The AdaptivePose network (Xiao et al., "AdaptivePose: Human Parts as Adaptive Points", AAAI 2022; AdaptivePose++,
-arXiv 2210.04014) on an HRNet backbone (Sun et al., CVPR 2019), as the official HRNet variant
-(github.com/buptxyb666/AdaptivePose) builds it.
+arXiv 2210.04014) on an HRNet backbone (Sun et al., CVPR 2019) or on DLA-34 (Yu et al., CVPR 2018), as the official
+HRNet and DLA variants (github.com/buptxyb666/AdaptivePose) build it: :class:`AdaptivePose` and
+:class:`DLAAdaptivePose`, the heads shared (:class:`AdaptivePoseHeads`).
 
 A person is its centre plus one *adaptive point* per body part (COCO: face, shoulders, left/right elbow-wrist,
 hips, left/right knee-ankle; CrowdPose: the same with head-neck instead of the face). Keypoints are reached in two
 hops: centre -> the part's adaptive point -> the part's keypoints.
 
 * backbone: HRNet; only its highest-resolution (stride 4) branch is used: the last module of the last stage fuses
-  into that branch alone, as in the official model (so its ``fuse_layers`` has one row);
+  into that branch alone, as in the official model (so its ``fuse_layers`` has one row). Or DLA-34 with CenterNet's
+  deformable up-sampling path (:mod:`bupose.models.backbones.dla`), 64 channels at stride 4;
 * ``hm`` and ``hps``: 3x3 conv (with bias) + ReLU from the backbone to ``head_channels`` (256): the centre and the
-  keypoint features;
+  keypoint features (two such convs each on DLA-34, as officially);
 * ``sampler.searcher``: 3x3 conv, keypoint features -> the adaptive points, ``(dx, dy)`` per part (the first hop);
 * Part Perception Module, per part ``p``: ``sampler.feat_trans[p]`` (1x1 conv-BN-ReLU to ``part_channels``, 64),
   ``sampler.feat_agg[p]`` (modulated 3x3 deformable conv, DCNv2), features warped to the adaptive point, and
@@ -17,7 +19,7 @@ hops: centre -> the part's adaptive point -> the part's keypoints.
 * Enhanced Centre-aware Branch: ``sampler.ct_feat_trans`` (1x1 conv) of the centre features warped to every
   adaptive point, concatenated with the centre features, ``sampler.squeeze_ct`` (3x3 conv + ReLU) and
   ``sampler.pred_ct_hm`` (1x1 conv) -> the centre heatmap;
-* ``hm_hp`` (training only, optional): 3x3 conv + ReLU + 1x1 conv -> auxiliary keypoint heatmaps.
+* ``hm_hp`` (training only, optional): 3x3 conv + ReLU (two on DLA-34) + 1x1 conv -> auxiliary keypoint heatmaps.
 
 Parameter names equal the official (master-branch) ones, so official checkpoints load as they are (see
 ``convert.py``). The official DCNv2 op and the flownet2 ``Resample2d`` warp are replaced by
@@ -35,11 +37,12 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import deform_conv2d
 
 from bupose.data.keypoints import KeypointSpec, get_spec
 from bupose.errors import ConfigError
+from bupose.models.backbones.dla import DLA34_CHANNELS, DLA34_LEVELS, DLAUpBackbone, check_dla_layout
 from bupose.models.backbones.hrnet import HRNet
+from bupose.models.layers import ModulatedDeformConv2d
 
 
 @dataclass(frozen=True)
@@ -118,38 +121,6 @@ def warp(features: torch.Tensor, displacement: torch.Tensor, align_corners: bool
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=align_corners)
 
 
-class ModulatedDeformConv2d(nn.Module):
-    """DCNv2 (modulated deformable convolution) with its own offset/mask predictor, ``(B, C, H, W) ->
-    (B, C', H, W)``, keys as the official ``DCN``: ``weight``, ``bias``, ``conv_offset_mask.{weight,bias}``.
-
-    ``conv_offset_mask`` (same kernel, stride and padding) gives 3 * k * k channels: the first 2 k k are the
-    offsets in deform_conv2d's layout (``[dy0, dx0, dy1, dx1, ...]``), the last k k the mask logits."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 padding: int = 1, dilation: int = 1):
-        super().__init__()
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.conv_offset_mask = nn.Conv2d(in_channels, 3 * kernel_size * kernel_size, kernel_size, stride,
-                                          padding, dilation=dilation)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """The official initialisation: weight U(+-1/sqrt(fan_in)), zero bias, zero offsets and mask logits."""
-        bound = (self.weight[0].numel()) ** -0.5
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.zeros_(self.bias)
-        nn.init.zeros_(self.conv_offset_mask.weight)
-        nn.init.zeros_(self.conv_offset_mask.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = self.conv_offset_mask(x)
-        n = params.shape[1] // 3
-        return deform_conv2d(x, params[:, :2 * n], self.weight, self.bias, stride=self.stride,
-                             padding=self.padding, dilation=self.dilation, mask=params[:, 2 * n:].sigmoid())
-
-
 class _ConvBNReLU(nn.Module):
     """conv (bias only without BN), BN or nothing, ReLU; keys ``conv.*``, ``bn.*`` as the official module."""
 
@@ -211,7 +182,77 @@ class AdaptivePointHead(nn.Module):
         return offset, centre, points
 
 
-class AdaptivePose(HRNet):
+def _branch(in_channels: int, channels: int, convs: int, out_channels: int = 0) -> nn.Sequential:
+    """``convs`` x (3x3 conv with bias, ReLU), then a 1x1 conv to ``out_channels`` when given: keys ``0``, ``2``,
+    ... as the official heads."""
+    layers = []
+    for i in range(convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+    if out_channels:
+        layers.append(nn.Conv2d(channels, out_channels, 1))
+    return nn.Sequential(*layers)
+
+
+class AdaptivePoseHeads:
+    """The AdaptivePose heads on a backbone's stride-4 features, shared by :class:`AdaptivePose` (HRNet) and
+    :class:`DLAAdaptivePose` (DLA-34); a mixin for an ``nn.Module`` backbone.
+
+    ``hm`` / ``hps``: ``branch_convs`` x (3x3 conv + ReLU) to ``head_channels`` (official: one for HRNet, two for
+    DLA-34); ``hm_hp``: the same plus a 1x1 conv to the keypoint heatmaps; ``sampler``: :class:`AdaptivePointHead`.
+    """
+
+    backbone = ""  # "hrnet" or "dla34": the official model family, for the checkpoint converter
+
+    def _add_heads(self, *, in_channels: int, parts: Sequence[tuple[str, Sequence[int]]], head_channels: int,
+                   part_channels: int, aux_heatmap: bool, branch_convs: int, warp_align_corners: bool) -> None:
+        keypoints = sorted(k for _, kps in parts for k in kps)
+        if keypoints != list(range(len(keypoints))) or not keypoints:
+            raise ConfigError(f"AdaptivePose parts must hold the keypoints 0..K-1 once each, got {list(parts)}")
+        self.num_joints = len(keypoints)
+        self.hm = _branch(in_channels, head_channels, branch_convs)
+        self.hps = _branch(in_channels, head_channels, branch_convs)
+        self.hm_hp = _branch(in_channels, head_channels, branch_convs, self.num_joints) if aux_heatmap else None
+        self.sampler = AdaptivePointHead(parts=parts, head_channels=head_channels, part_channels=part_channels,
+                                         warp_align_corners=warp_align_corners)
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return self.sampler.part_names
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.sampler.part_names)
+
+    def init_weights(self) -> None:
+        """The official training initialisation of the heads (the backbone keeps its own; it is normally loaded
+        from ImageNet weights): the adaptive points start at the centre (``searcher`` zero), the heatmap logits at
+        -2.19, the keypoint regressors N(0, 0.001) with zero bias, the deformable convs with zero offsets, ``hps``'
+        biases zero."""
+        for m in self.hps:
+            if isinstance(m, nn.Conv2d):
+                nn.init.zeros_(m.bias)
+        if self.hm_hp is not None:
+            nn.init.constant_(self.hm_hp[-1].bias, -2.19)
+        s = self.sampler
+        nn.init.zeros_(s.searcher.weight)
+        nn.init.zeros_(s.searcher.bias)
+        nn.init.constant_(s.pred_ct_hm.bias, -2.19)
+        for conv in s.pred_kps_list:
+            nn.init.normal_(conv.weight, std=0.001)
+            nn.init.zeros_(conv.bias)
+        for dcn in s.feat_agg:
+            dcn.reset_parameters()
+
+    def predict(self, feats: torch.Tensor, with_aux: bool | None = None) -> dict[str, torch.Tensor]:
+        """The outputs (see :class:`AdaptivePose`) from the backbone's stride-4 features."""
+        offset, centre, points = self.sampler(self.hps(feats), self.hm(feats))
+        out = {"center": centre, "offset": offset, "part_offset": points}
+        if self.hm_hp is not None and (self.training if with_aux is None else with_aux):
+            out["aux_heatmap"] = self.hm_hp(feats)
+        return out
+
+
+class AdaptivePose(HRNet, AdaptivePoseHeads):
     """AdaptivePose: ``(B, 3, H, W) ->`` a dict with, at the output stride 4 (``h, w = ceil(H/4), ceil(W/4)``):
 
     * ``"center"``: ``(B, 1, h, w)`` person-centre heatmap *logits* (the official model's ``hm``; apply a sigmoid);
@@ -234,34 +275,20 @@ class AdaptivePose(HRNet):
             ``new_ops`` branch on PyTorch >= 1.3, for models trained with it (see :func:`warp`).
     """
 
+    backbone = "hrnet"
+
     def __init__(self, *, stages: Mapping, parts: Sequence[tuple[str, Sequence[int]]], head_channels: int = 256,
                  part_channels: int = 64, aux_heatmap: bool = True, stem_blocks: int = 4,
                  warp_align_corners: bool = True):
         super().__init__(stages=stages, stem_blocks=stem_blocks)
-        keypoints = sorted(k for _, kps in parts for k in kps)
-        if keypoints != list(range(len(keypoints))) or not keypoints:
-            raise ConfigError(f"AdaptivePose parts must hold the keypoints 0..K-1 once each, got {list(parts)}")
-        self.num_joints = len(keypoints)
         last = getattr(self, f"stage{self.num_stages + 1}")[-1]
         if last.fuse_layers is not None:  # the official last module outputs the highest resolution only
             last.fuse_layers = nn.ModuleList([last.fuse_layers[0]])
         self.out_channels = last.out_channels[0]
-        c = self.out_channels
-        self.hm = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.hps = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True))
-        self.hm_hp = nn.Sequential(nn.Conv2d(c, head_channels, 3, padding=1), nn.ReLU(inplace=True),
-                                   nn.Conv2d(head_channels, self.num_joints, 1)) if aux_heatmap else None
-        self.sampler = AdaptivePointHead(parts=parts, head_channels=head_channels, part_channels=part_channels,
-                                         warp_align_corners=warp_align_corners)
+        self._add_heads(in_channels=self.out_channels, parts=parts, head_channels=head_channels,
+                        part_channels=part_channels, aux_heatmap=aux_heatmap, branch_convs=1,
+                        warp_align_corners=warp_align_corners)
         self.init_weights()
-
-    @property
-    def part_names(self) -> tuple[str, ...]:
-        return self.sampler.part_names
-
-    @property
-    def num_parts(self) -> int:
-        return len(self.sampler.part_names)
 
     @classmethod
     def from_spec(cls, spec: Mapping, keypoint_spec: KeypointSpec | str) -> "AdaptivePose":
@@ -272,43 +299,70 @@ class AdaptivePose(HRNet):
                    aux_heatmap=spec.get("AUX_HEATMAP", True), stem_blocks=spec.get("STEM_BLOCKS", 4),
                    warp_align_corners=spec.get("WARP_ALIGN_CORNERS", True))
 
-    def init_weights(self) -> None:
-        """The official training initialisation of the heads (the backbone keeps PyTorch's defaults; it is
-        normally loaded from ImageNet weights): the adaptive points start at the centre (``searcher`` zero), the
-        heatmap logits at -2.19, the keypoint regressors N(0, 0.001) with zero bias, the deformable convs with zero
-        offsets, ``hps``' bias zero."""
-        nn.init.zeros_(self.hps[0].bias)
-        if self.hm_hp is not None:
-            nn.init.constant_(self.hm_hp[2].bias, -2.19)
-        s = self.sampler
-        nn.init.zeros_(s.searcher.weight)
-        nn.init.zeros_(s.searcher.bias)
-        nn.init.constant_(s.pred_ct_hm.bias, -2.19)
-        for conv in s.pred_kps_list:
-            nn.init.normal_(conv.weight, std=0.001)
-            nn.init.zeros_(conv.bias)
-        for dcn in s.feat_agg:
-            dcn.reset_parameters()
+    def forward(self, x: torch.Tensor, with_aux: bool | None = None) -> dict[str, torch.Tensor]:
+        return self.predict(self.forward_branches(x)[0], with_aux)
+
+
+class DLAAdaptivePose(DLAUpBackbone, AdaptivePoseHeads):
+    """AdaptivePose on DLA-34 (the official ``--arch dla_34`` model): the outputs of :class:`AdaptivePose` from the
+    stride-4, 64-channel features of :class:`~bupose.models.backbones.dla.DLAUpBackbone`; ``H`` and ``W`` must be
+    multiples of 32 (``h, w = H/4, W/4``). The centre and keypoint branches (and ``hm_hp``) have two 3x3 conv + ReLU
+    each, as officially for DLA. Keys as the official model, whose state_dict also holds the ImageNet classifier
+    ``base.fc`` (unused; dropped by the checkpoint converter).
+
+    Args:
+        parts: ``((name, keypoint indices), ...)`` (:func:`body_parts`).
+        levels / channels: the DLA layout (default DLA-34; smaller ones for tests).
+        head_channels: channels of the centre/keypoint branches (official ``head_conv``: 256).
+        part_channels: channels of the per-part features (official: 64).
+        aux_heatmap: build the training-only keypoint-heatmap head ``hm_hp``.
+        warp_align_corners: as :class:`AdaptivePose`.
+    """
+
+    backbone = "dla34"
+
+    def __init__(self, *, parts: Sequence[tuple[str, Sequence[int]]], levels: Sequence[int] = DLA34_LEVELS,
+                 channels: Sequence[int] = DLA34_CHANNELS, head_channels: int = 256, part_channels: int = 64,
+                 aux_heatmap: bool = True, warp_align_corners: bool = True):
+        super().__init__(levels=levels, channels=channels)
+        self._add_heads(in_channels=self.out_channels, parts=parts, head_channels=head_channels,
+                        part_channels=part_channels, aux_heatmap=aux_heatmap, branch_convs=2,
+                        warp_align_corners=warp_align_corners)
+        self.init_weights()
+
+    @classmethod
+    def from_spec(cls, spec: Mapping, keypoint_spec: KeypointSpec | str) -> "DLAAdaptivePose":
+        """Build from a ``MODEL.SPEC`` dict (see :func:`build_dla_adaptive_pose`) and the keypoint layout."""
+        _check_spec(spec, _DLA_SPEC_FIELDS, required=(), name="dla_adaptive_pose")
+        levels, channels = spec.get("LEVELS", list(DLA34_LEVELS)), spec.get("CHANNELS", list(DLA34_CHANNELS))
+        check_dla_layout(levels, channels)
+        return cls(parts=body_parts(keypoint_spec, spec.get("PARTS")), levels=levels, channels=channels,
+                   head_channels=spec.get("HEAD_CHANNELS", 256), part_channels=spec.get("PART_CHANNELS", 64),
+                   aux_heatmap=spec.get("AUX_HEATMAP", True),
+                   warp_align_corners=spec.get("WARP_ALIGN_CORNERS", True))
 
     def forward(self, x: torch.Tensor, with_aux: bool | None = None) -> dict[str, torch.Tensor]:
-        feats = self.forward_branches(x)[0]
-        offset, centre, points = self.sampler(self.hps(feats), self.hm(feats))
-        out = {"center": centre, "offset": offset, "part_offset": points}
-        if self.hm_hp is not None and (self.training if with_aux is None else with_aux):
-            out["aux_heatmap"] = self.hm_hp(feats)
-        return out
+        return self.predict(self.forward_features(x), with_aux)
 
 
 _SPEC_FIELDS = ("STAGES", "PRETRAINED_LAYERS", "STEM_BLOCKS", "HEAD_CHANNELS", "PART_CHANNELS", "AUX_HEATMAP",
                 "WARP_ALIGN_CORNERS", "PARTS")
+_DLA_SPEC_FIELDS = ("LEVELS", "CHANNELS", "PRETRAINED_LAYERS", "HEAD_CHANNELS", "PART_CHANNELS", "AUX_HEATMAP",
+                    "WARP_ALIGN_CORNERS", "PARTS")
 
 
-def _check_spec(spec: Mapping) -> None:
-    unknown = [k for k in spec if k not in _SPEC_FIELDS]
-    if unknown or "STAGES" not in spec:
-        missing = [] if "STAGES" in spec else ["STAGES"]
-        raise ConfigError(f"MODEL.SPEC for adaptive_pose: missing fields {missing}, unknown fields {unknown} "
-                          f"(known: {list(_SPEC_FIELDS)})")
+def _check_spec(spec: Mapping, fields: Sequence[str] = _SPEC_FIELDS, required: Sequence[str] = ("STAGES",),
+                name: str = "hrnet_adaptive_pose") -> None:
+    unknown = [k for k in spec if k not in fields]
+    missing = [k for k in required if k not in spec]
+    if unknown or missing:
+        hint = ""
+        if "STAGES" in unknown:
+            hint = "; STAGES is the HRNet layout (MODEL.NAME hrnet_adaptive_pose)"
+        elif any(k in unknown for k in ("LEVELS", "CHANNELS")):
+            hint = "; LEVELS / CHANNELS are the DLA layout (MODEL.NAME dla_adaptive_pose)"
+        raise ConfigError(f"MODEL.SPEC for {name}: missing fields {missing}, unknown fields {unknown} "
+                          f"(known: {list(fields)}){hint}")
     for key in ("HEAD_CHANNELS", "PART_CHANNELS", "STEM_BLOCKS"):
         value = spec.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -327,3 +381,14 @@ def build_adaptive_pose(spec: Mapping, keypoint_spec: KeypointSpec | str) -> Ada
     models trained with the official ``new_ops`` branch, see :func:`warp`), ``PRETRAINED_LAYERS`` (not used here),
     ``PARTS`` (``[[name, [keypoint names]], ...]``; default: the official parts of the layout, :data:`PARTS`)."""
     return AdaptivePose.from_spec(spec, keypoint_spec)
+
+
+def build_dla_adaptive_pose(spec: Mapping, keypoint_spec: KeypointSpec | str) -> DLAAdaptivePose:
+    """AdaptivePose on DLA-34 from a ``MODEL.SPEC`` dict (every field optional; empty: the official model) and the
+    keypoint layout.
+
+    ``MODEL.SPEC`` fields: ``LEVELS`` (``[1, 1, 1, 2, 2, 1]``) and ``CHANNELS`` (``[16, 32, 64, 128, 256, 512]``),
+    the DLA layout (DLA-34; change them for small test models only: official weights need DLA-34);
+    ``HEAD_CHANNELS`` (256), ``PART_CHANNELS`` (64), ``AUX_HEATMAP`` (true), ``WARP_ALIGN_CORNERS`` (true),
+    ``PRETRAINED_LAYERS`` (used by ``MODEL.PRETRAINED`` only) and ``PARTS`` as :func:`build_adaptive_pose`."""
+    return DLAAdaptivePose.from_spec(spec, keypoint_spec)
