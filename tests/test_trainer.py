@@ -298,6 +298,25 @@ def test_pretrained_weights_initialise_the_model(tiny_cfg, tmp_path):
         Trainer(tiny_cfg("MODEL.PRETRAINED", tmp_path / "missing.pth"), tmp_path / "run3", progress=False)
 
 
+def test_pretrained_backbone_weights_go_into_the_child_that_holds_them(tmp_path):
+    from bupose.engine.trainer import load_pretrained
+
+    # as the ImageNet DLA-34 file for the DLA models: the backbone's names without the model's "base." prefix
+    model = torch.nn.ModuleDict({"base": torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)),
+                                 "head": torch.nn.Conv2d(4, 2, 1)})
+    donor = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with torch.no_grad():
+        for p in donor.parameters():
+            p.normal_()
+    torch.save({**donor.state_dict(), "fc.weight": torch.randn(10, 4)}, tmp_path / "dla34.pth")
+    head_before = model["head"].weight.clone()
+    assert load_pretrained(model, tmp_path / "dla34.pth", ["base"]) == len(donor.state_dict())
+    _assert_same_state(model["base"].state_dict(), donor.state_dict())
+    assert torch.equal(model["head"].weight, head_before)
+    with pytest.raises(CheckpointError, match="none of its"):  # the layer filter applies to the prefixed names
+        load_pretrained(model, tmp_path / "dla34.pth", ["head"])
+
+
 # -- DistributedDataParallel ----------------------------------------------------------------------------------------
 DDP_SCRIPT = """\
 import os, sys

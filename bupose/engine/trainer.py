@@ -74,7 +74,9 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*",)) -> int:
     """``MODEL.PRETRAINED``: initialise ``model`` from the weights in ``path`` (e.g. HRNet ImageNet weights), as the
     official code: every entry whose name is in the model (and whose first name part is in ``layers``, unless
-    ``layers`` is ``["*"]``) is copied; the rest of the file (a classifier, ...) is ignored. Returns how many
+    ``layers`` is ``["*"]``) is copied; the rest of the file (a classifier, ...) is ignored. When no name fits as it
+    is, the names are tried under each child module (``base.`` + name: the ImageNet DLA-34 file for the DLA
+    models) and the child that takes the most entries wins. Returns how many
     entries were loaded; raises CheckpointError when none fits or a shape differs."""
     from bupose.errors import CheckpointError
 
@@ -84,8 +86,14 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*"
     raw = unwrap_checkpoint(raw)
     layers = list(layers or ["*"])
     ours = model.state_dict()
-    use = {k: v for k, v in raw.items() if k in ours and isinstance(v, torch.Tensor)
-           and (layers[0] == "*" or k.split(".")[0] in layers)}
+
+    def matching(prefix: str) -> dict:
+        return {prefix + k: v for k, v in raw.items() if prefix + k in ours and isinstance(v, torch.Tensor)
+                and (layers[0] == "*" or (prefix + k).split(".")[0] in layers)}
+
+    use = matching("")
+    if not use:  # backbone weights saved on their own (ImageNet DLA-34) for a model that holds them in a child
+        use = max((matching(name + ".") for name, _ in model.named_children()), key=len, default={})
     if not use:
         raise CheckpointError(f"MODEL.PRETRAINED {path}: none of its {len(raw)} entries is a parameter of the model "
                               f"(its keys start: {sorted(raw)[:5]})")
