@@ -57,6 +57,25 @@ def test_same_people_as_the_official_valid_path(official, shared_dir, impl, case
             np.testing.assert_allclose(people.scores, sc.numpy(), atol=1e-5, rtol=0)
 
 
+def test_scales_other_than_halves_and_doubles_are_merged_at_the_scale_one_size(official, shared_dir):
+    # 0.8 and 1.25 give output maps whose official up-sampled size is a pixel off the scale-1 size
+    tiny, ref = official
+    model = build_dekr(tiny["spec"], 14).eval()
+    load_official(model, tiny["state_dict"])
+    decoder = DEKRDecoder(CROWDPOSE14.flip_index, input_size=256)
+    for image in _images(ref, shared_dir):
+        state = decoder.begin(image, [1.25, 1.0, 0.8])
+        with torch.no_grad():
+            for scale in (1.25, 1.0, 0.8):
+                view = decoder.prepare(image, scale)
+                decoder.add_scale(state, model(view.tensor), model(decoder.flip_input(view.tensor)), view, scale)
+                assert state["heatmap_sum"].shape[2:] == state["base_size"][::-1]
+        people = decoder.finish(state)
+        assert len(people) > 0 and np.isfinite(people.keypoints).all()
+        same = TestTimeAugmentation([1.25, 1.0, 0.8], True)(model, decoder, image)
+        np.testing.assert_array_equal(same.keypoints, people.keypoints)
+
+
 def test_resize_sizes_follow_the_official_rule():
     assert dekr_resize((480, 640, 3), 512, 1.0)[0] == (704, 512)  # ceil64(512 * 640 / 480) = 704
     assert dekr_resize((480, 640, 3), 512, 0.5)[0] == (352, 256)

@@ -157,8 +157,10 @@ class DEKRDecoder:
             posemap = (posemap + pose_map(flipped["offset"], self.flip_index)) / 2.0
         reverse_scale = self.output_stride / scale
         h, w = heatmap.shape[2:]
-        state["heatmap_sum"] = state["heatmap_sum"] + up_interpolate(
-            heatmap, (int(reverse_scale * h), int(reverse_scale * w)))
+        # to the scale-1 input size: the official int(reverse_scale * h) is that size for scales 0.5, 1 and 2, but
+        # a pixel off for others (0.8, 1.25, ...), where the official code then fails to add the maps
+        base_w, base_h = state["base_size"]
+        state["heatmap_sum"] = state["heatmap_sum"] + up_interpolate(heatmap, (base_h, base_w))
         index, centre_score = self._centres(heatmap[0, -1:])
         poses = reverse_scale * posemap[0].permute(1, 2, 0).reshape(h * w, -1, 2)[index]
         score = centre_score[:, None, None].expand(-1, poses.shape[1], 1)
