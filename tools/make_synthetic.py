@@ -17,12 +17,12 @@ import json
 import sys
 import time
 
-from bupose.data.synthetic import DEFAULT_ROOT, PRESETS, generate_dataset, is_up_to_date, write_preview
+from bupose.data.synthetic import PRESETS, generate_dataset, is_up_to_date, preset_folder, write_preview
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", default=DEFAULT_ROOT, help="dataset folder (default: %(default)s)")
+    ap.add_argument("--root", help="dataset folder (default: datasets/synthetic, or datasets/synthetic_<preset>)")
     ap.add_argument("--num-train", type=int, default=1600)
     ap.add_argument("--num-val", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.num_train < 0 or args.num_val < 0 or args.workers < 1:
         ap.error("--num-train/--num-val must be >= 0 and --workers >= 1")
+    args.root = args.root or f"datasets/{preset_folder(args.preset)}"
 
     if not args.force and is_up_to_date(args.root, args.num_train, args.num_val, args.seed, args.preset):
         print(f"{args.root}: up to date (see {args.root}/manifest.json)")

@@ -55,6 +55,7 @@ from pycocotools.coco import COCO
 
 from ..errors import DataError
 from .keypoints import KeypointSpec, get_spec
+from .synthetic import preset_folder
 from .sample import Sample
 
 logger = logging.getLogger("bupose.data")
@@ -579,7 +580,7 @@ class DatasetLayout:
 
 
 def _synthetic(layout: str, preset: str = "crowds") -> DatasetLayout:
-    folder = "synthetic" if preset == "crowds" else f"synthetic_{preset}"
+    folder = preset_folder(preset)
     return DatasetLayout(f"{folder}_{layout}", layout, {
         s: (f"{folder}/annotations/{layout}_{s}.json", f"{folder}/images/{s}") for s in ("train", "val")},
         synthetic=(folder, preset))

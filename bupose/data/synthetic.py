@@ -73,6 +73,12 @@ _SPLIT_CODE = {"train": 0, "val": 1}
 _IMAGE_ID_BASE = {"train": 0, "val": 1_000_000}
 LEVELS = ("easy", "medium", "hard")
 DEFAULT_ROOT = "datasets/synthetic"
+
+
+def preset_folder(preset: str = "crowds") -> str:
+    """The folder name of a preset's dataset under ``DATASET.ROOT``: ``synthetic`` or ``synthetic_<preset>``."""
+    return "synthetic" if preset == "crowds" else f"synthetic_{preset}"
+
 JPEG_QUALITY = 92
 
 #: Internal joint layout: the 17 COCO joints, then CrowdPose's ``head`` (top of head) and ``neck``.
