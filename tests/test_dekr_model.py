@@ -139,6 +139,20 @@ def test_kaiming_initialisation_for_training_from_scratch():
         DEKR(stages=_tiny_spec()["STAGES"], num_joints=3, init="xavier")
 
 
+def test_offset_scale_multiplies_the_offsets_and_keeps_the_parameters():
+    torch.manual_seed(0)
+    plain = DEKR.from_spec({**_tiny_spec(), "INIT": "kaiming"}, num_joints=3)
+    scaled = DEKR.from_spec({**_tiny_spec(), "INIT": "kaiming", "OFFSET_SCALE": 5.0}, num_joints=3)
+    assert plain.offset_scale == 1.0 and scaled.offset_scale == 5.0
+    scaled.load_state_dict(plain.state_dict())  # same parameter names and shapes: official checkpoints still load
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain.eval()(x), scaled.eval()(x)
+    assert torch.equal(a["heatmap"], b["heatmap"])
+    torch.testing.assert_close(b["offset"], 5.0 * a["offset"], rtol=1e-6, atol=1e-6)
+    assert a["offset"].abs().max() > 0
+
+
 def test_other_keypoint_count_is_a_clear_error(tiny):
     model = build_dekr(tiny["spec"], 17)
     with pytest.raises(CheckpointError, match="offset head has 14 joints in the checkpoint, the model has 17"):

@@ -36,6 +36,7 @@ _SPEC_FIELDS = {
     "STAGES": None, "FINAL_CONV_KERNEL": None, "PRETRAINED_LAYERS": None,
     "STEM_BLOCKS": None,  # bupose extension (optional, default 4): Bottlenecks in the stem, for small models
     "INIT": None,  # bupose extension (optional, default official): "kaiming" for training from scratch
+    "OFFSET_SCALE": None,  # bupose extension (optional, default 1): offsets = offset head output x this
     "HEAD_HEATMAP": ("BLOCK", "NUM_BLOCKS", "NUM_CHANNELS", "DILATION_RATE"),
     "HEAD_OFFSET": ("BLOCK", "NUM_BLOCKS", "NUM_CHANNELS_PERKPT", "DILATION_RATE"),
 }
@@ -43,7 +44,7 @@ _SPEC_FIELDS = {
 
 def _check_spec(spec: Mapping) -> None:
     unknown = [k for k in spec if k not in _SPEC_FIELDS]
-    missing = [k for k in _SPEC_FIELDS if k not in ("PRETRAINED_LAYERS", "STEM_BLOCKS", "INIT") and k not in spec]
+    missing = [k for k in _SPEC_FIELDS if k not in ("PRETRAINED_LAYERS", "STEM_BLOCKS", "INIT", "OFFSET_SCALE") and k not in spec]
     if unknown or missing:
         raise ConfigError(f"MODEL.SPEC for hrnet_dekr: missing fields {missing}, unknown fields {unknown}")
     for head, fields in _SPEC_FIELDS.items():
@@ -79,19 +80,24 @@ class DEKR(HRNet):
         init: ``"official"`` (every conv N(0, 0.001), as the official code before it loads ImageNet weights) or
             ``"kaiming"`` (He-normal convs, the heads' last convs N(0, 0.001)), much faster when training from
             scratch (the synthetic quick start).
+        offset_scale: the offset head's output is multiplied by this (1 as the official model). Offsets are
+            several output cells long while the last convolution starts near zero and Adam moves each weight by
+            about the learning rate per step, so a larger scale lets a from-scratch model reach the offsets'
+            range in fewer iterations (``MODEL.SPEC.OFFSET_SCALE``, a bupose field).
     """
 
     def __init__(self, *, stages: Mapping, num_joints: int, heatmap_channels: int = 32, heatmap_blocks: int = 1,
                  heatmap_block: str = "BASIC", heatmap_dilation: int = 1, offset_channels_per_joint: int = 15,
                  offset_blocks: int = 2, offset_block: str = "ADAPTIVE", offset_dilation: int = 1,
                  final_conv_kernel: int = 1, adaptive_impl: str = "grid_sample", stem_blocks: int = 4,
-                 fused_offset_head: bool | None = None, init: str = "official"):
+                 fused_offset_head: bool | None = None, init: str = "official", offset_scale: float = 1.0):
         super().__init__(stages=stages, stem_blocks=stem_blocks)
         if adaptive_impl not in ADAPTIVE_IMPLS:
             raise ValueError(f"adaptive_impl must be one of {ADAPTIVE_IMPLS}, got {adaptive_impl!r}")
         self.num_joints = num_joints
         self.fused_offset_head = fused_offset_head
         self.offset_prekpt = offset_channels_per_joint
+        self.offset_scale = float(offset_scale)
         k, pad = final_conv_kernel, final_conv_kernel // 2
 
         def head_layer(block_name, channels, n, dilation):
@@ -124,7 +130,8 @@ class DEKR(HRNet):
                    offset_channels_per_joint=off["NUM_CHANNELS_PERKPT"], offset_blocks=off["NUM_BLOCKS"],
                    offset_block=off["BLOCK"], offset_dilation=off["DILATION_RATE"],
                    final_conv_kernel=spec["FINAL_CONV_KERNEL"], adaptive_impl=adaptive_impl,
-                   stem_blocks=spec.get("STEM_BLOCKS", 4), init=spec.get("INIT", "official"))
+                   stem_blocks=spec.get("STEM_BLOCKS", 4), init=spec.get("INIT", "official"),
+                   offset_scale=spec.get("OFFSET_SCALE", 1.0))
 
     def init_weights(self, init: str = "official") -> None:
         """The official training initialisation: convs N(0, 0.001) with zero bias, BN (1, 0), and the adaptive
@@ -190,7 +197,10 @@ class DEKR(HRNet):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.forward_features(x)
         heatmap = self.head_heatmap[1](self.head_heatmap[0](self.transition_heatmap(feats)))
-        return {"heatmap": heatmap, "offset": self.offset_head(self.transition_offset(feats))}
+        offset = self.offset_head(self.transition_offset(feats))
+        if self.offset_scale != 1.0:
+            offset = offset * self.offset_scale
+        return {"heatmap": heatmap, "offset": offset}
 
 
 def build_dekr(spec: Mapping, num_joints: int, adaptive_impl: str = "grid_sample") -> DEKR:
