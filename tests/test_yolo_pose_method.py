@@ -147,16 +147,19 @@ def test_overfitting_a_few_synthetic_images(synthetic_root, tmp_path):
     """Training on 2 easy validation images and testing on the same ones reaches a clearly non-trivial AP."""
     cfg = _cfg(synthetic_root, tmp_path, **{"DATASET.TRAIN_SET": "val", "DATASET.MAX_TRAIN_IMAGES": 2,
                                             "DATASET.INPUT_SIZE": 192, "MODEL.SPEC": "{WIDTH_MULTIPLE: 0.125}",
-                                            "TRAIN.END_EPOCH": 600, "TRAIN.IMAGES_PER_GPU": 2,
+                                            "TRAIN.END_EPOCH": 800, "TRAIN.IMAGES_PER_GPU": 2,
                                             "TRAIN.NOMINAL_BATCH": 0, "TRAIN.WARMUP_EPOCHS": 5.0,
                                             "TRAIN.EMA": False, "DATASET.MOSAIC": 0.0, "DATASET.SCALE_JITTER": 0.1,
                                             "DATASET.TRANSLATE": 0.05, "DATASET.HSV": "[0, 0, 0]",
-                                            "TRAIN.OPTIMIZER": "adam", "TRAIN.LR": 0.005,
+                                            "TRAIN.OPTIMIZER": "adam", "TRAIN.LR": 0.02,
                                             "LOSS.GAINS": "{L1_KPT: 0.2}", "TEST.FLIP_TEST": False})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     trainer.train()
     metrics = evaluate_split(cfg, trainer.model, "val", None, progress=False, limit=2)
-    assert metrics["AP"] > 0.3, metrics  # measured 0.43 (OMP 2 threads, torch 2.14.1 CPU)
+    # Measured (1 thread, torch 2.14.1 CPU): AP 0.54 (seed 0, OpenCV 5.1), 0.50 (seed 2, OpenCV 4.14). The former
+    # recipe (600 epochs, LR 0.005) gave 0.43 / 0.19 / 0.22 for seeds 0 / 1 / 2, and 0.08 for seed 0 once OpenCV 5
+    # changed warpAffine's rounding by a grey level: too close to the bar.
+    assert metrics["AP"] > 0.3, metrics
 
 
 def test_config_errors(synthetic_root):
