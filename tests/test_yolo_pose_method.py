@@ -158,7 +158,7 @@ def test_overfitting_a_few_synthetic_images(synthetic_root, tmp_path):
     metrics = evaluate_split(cfg, trainer.model, "val", None, progress=False, limit=2)
     # Measured (1 thread, torch 2.14.1 CPU): AP 0.54 (seed 0, OpenCV 5.1), 0.50 (seed 2, OpenCV 4.14). The former
     # recipe (600 epochs, LR 0.005) gave 0.43 / 0.19 / 0.22 for seeds 0 / 1 / 2, and 0.08 for seed 0 once OpenCV 5
-    # changed warpAffine's rounding by a grey level: too close to the bar.
+    # changed warpAffine's rounding by up to 4 grey levels: too close to the bar.
     assert metrics["AP"] > 0.3, metrics
 
 
