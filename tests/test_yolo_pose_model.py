@@ -102,7 +102,9 @@ def test_decode_equals_the_official_inference(tiny):
     with torch.no_grad():
         decoded = model.decode(model(fx["input_uint8"].float() / 255)["levels"])
     assert decoded.shape == ref.shape == (1, 3 * (8 * 16 + 4 * 8 + 2 * 4 + 1 * 2), 57)
-    assert max_diff(decoded, ref) <= TOL
+    # decoded boxes and keypoints are pixels (up to ~800 here): raw outputs within TOL become pixels within TOL
+    # times a few strides, so the forward-and-decode comparison is relative to the values' size
+    assert torch.allclose(decoded, ref, rtol=1e-5, atol=TOL), max_diff(decoded, ref)
     assert max_diff(model.decode(fx["raw"]), ref) <= TOL  # the decoding alone, on the official raw outputs
 
 
