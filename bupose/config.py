@@ -92,7 +92,8 @@ SCHEMA: tuple[Option, ...] = (
     _opt("MODEL.NAME", "", "method and backbone, e.g. hrnet_dekr"),
     _opt("MODEL.PRETRAINED", "", "backbone weights to start from (a file path); empty for none"),
     _opt("MODEL.SPEC", {}, "method-specific structure as in the official experiment files (checked by the model)"),
-    _opt("MODEL.ADAPTIVE_CONV", "grid_sample", "DEKR adaptive convolution: grid_sample (fast, exports) or deform_conv2d"),
+    _opt("MODEL.ADAPTIVE_CONV", "grid_sample",
+         "DEKR's adaptive and AdaptivePose's deformable convolutions: grid_sample (fast, exports) or deform_conv2d"),
     # --- losses -----------------------------------------------------------------------------------------------
     _opt("LOSS.HEATMAPS_LOSS_FACTOR", 1.0, "weight of the heatmap loss"),
     _opt("LOSS.OFFSETS_LOSS_FACTOR", 0.03, "weight of the offset regression loss"),

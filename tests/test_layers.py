@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from bupose.errors import ConfigError
 from bupose.models import layers
 from bupose.models.backbones import HRNet
-from bupose.models.layers import (AdaptBlock, AdaptiveConv2d, BasicBlock, Bottleneck, adaptive_conv2d,
-                                  adaptive_offsets, can_fuse, fused_block, grouped_batch_norm, make_layer,
-                                  regular_grid, sampling_grid, set_adaptive_impl)
+from bupose.models.layers import (AdaptBlock, AdaptiveConv2d, BasicBlock, Bottleneck, ModulatedDeformConv2d,
+                                  adaptive_conv2d, adaptive_offsets, can_fuse, fused_block, grouped_batch_norm,
+                                  make_layer, modulated_deform_conv2d, regular_grid, sampling_grid,
+                                  set_adaptive_impl)
 
 TINY_STAGES = {"NUM_STAGES": 3, "NUM_MODULES": [1, 1, 1], "NUM_BRANCHES": [2, 3, 4], "BLOCK": ["BASIC"] * 3,
                "NUM_BLOCKS": [[1, 1], [1, 1, 1], [1, 1, 1, 1]],
@@ -276,3 +277,45 @@ def test_can_fuse_refuses_what_it_cannot_reproduce():
     assert not can_fuse(blocks)
     assert can_fuse([torch.nn.Conv2d(6, 2, 1) for _ in range(3)])
     assert not can_fuse([torch.nn.Conv2d(6, 2, 1), torch.nn.Conv2d(6, 2, 1, bias=False)])
+
+
+@pytest.mark.parametrize("stride, padding, dilation, k", [(1, 1, 1, 3), (2, 1, 1, 3), (1, 2, 2, 3), (2, 0, 1, 2)])
+def test_modulated_deform_conv_grid_sample_equals_deform_conv2d(stride, padding, dilation, k, monkeypatch):
+    """The grid_sample gathering of DCNv2 equals torchvision's deform_conv2d (values and gradients, float64), with
+    offsets that put many points outside the input and in chunks of one sample on CPU."""
+    monkeypatch.setattr(layers, "SAMPLING_CHUNK_BYTES", 1)
+    g = torch.Generator().manual_seed(stride * 10 + dilation + k)
+    b, c, o, h, w = 2, 3, 4, 9, 12
+    ho = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    wo = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    offset = 3.0 * torch.randn(b, 2 * k * k, ho, wo, generator=g, dtype=torch.float64)
+    offset[0, :, 0, 0] = 40.0  # far outside: zero
+    mask = torch.rand(b, k * k, ho, wo, generator=g, dtype=torch.float64)
+    weight = torch.randn(o, c, k, k, generator=g, dtype=torch.float64)
+    bias = torch.randn(o, generator=g, dtype=torch.float64)
+    outs, grads = [], []
+    for impl in ("grid_sample", "deform_conv2d"):
+        inputs = [t.clone().requires_grad_(True) for t in (x, offset, mask, weight, bias)]
+        out = modulated_deform_conv2d(*inputs, stride=stride, padding=padding, dilation=dilation, impl=impl)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outs.append(out)
+        grads.append([t.grad for t in inputs])
+    assert outs[0].shape == (b, o, ho, wo)
+    assert torch.allclose(outs[0], outs[1], atol=1e-10)
+    for name, a, r in zip(("x", "offset", "mask", "weight", "bias"), *grads):
+        assert torch.allclose(a, r, atol=1e-8), name
+
+
+def test_modulated_deform_conv_module_switches_implementation():
+    torch.manual_seed(0)
+    m = ModulatedDeformConv2d(4, 6, stride=2)
+    torch.nn.init.normal_(m.conv_offset_mask.weight, std=0.5)  # offsets of a few pixels, not the zero init
+    x = torch.randn(2, 4, 10, 14)
+    a = m(x)
+    assert m.impl == "grid_sample"
+    b = set_adaptive_impl(m, "deform_conv2d")(x)
+    assert m.impl == "deform_conv2d" and a.shape == (2, 6, 5, 7)
+    assert (a - b).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="impl must be one of"):
+        ModulatedDeformConv2d(4, 6, impl="dcn")

@@ -26,6 +26,7 @@ from bupose.methods.adaptive_pose.loss import AdaptivePoseLoss, bone_edges
 from bupose.methods.adaptive_pose.model import (AdaptivePose, DLAAdaptivePose, build_adaptive_pose,
                                                 build_dla_adaptive_pose)
 from bupose.methods.adaptive_pose.targets import AdaptivePoseTargetEncoder
+from bupose.models.layers import set_adaptive_impl
 
 STRIDE_MODE = "corner"  # x_out = x_in / 4: CenterNet's convention, that of the official weights and the decoder
 OUTPUT_STRIDE = 4  # the model's (HRNet's highest-resolution branch; DLA-34's up-sampled level 2)
@@ -96,7 +97,7 @@ class AdaptivePoseMethod:
         return build_adaptive_pose(self.cfg.MODEL.SPEC, self.spec)
 
     def build_model(self) -> AdaptivePose | DLAAdaptivePose:
-        model = self.make_model()
+        model = set_adaptive_impl(self.make_model(), self.cfg.MODEL.ADAPTIVE_CONV)  # the DCNv2 layers
         model.method_name = self.name
         model.convert_checkpoint = lambda ckpt: official_to_bupose(ckpt, model)
         return model
