@@ -1,7 +1,7 @@
 """Benchmark: forward time of full-size bottom-up models, batch 1, side by side (and images/s on a GPU).
 
     python tools/benchmarks/bottom_up_forward.py [--cfg experiments/coco/adaptive_pose_w32_512.yaml ...]
-        [--threads 2] [--repeats 3]
+        [--threads 2] [--repeats 3] [--adaptive-conv grid_sample|deform_conv2d]
 
 Each config runs at its own input size and at the other size of the list (512 and 640), in eval mode without
 gradients, and is compared with DEKR-W32 (``experiments/coco/dekr_w32_512.yaml``) at the same input size, timed in
@@ -27,9 +27,9 @@ DEFAULT = ["experiments/coco/adaptive_pose_w32_512.yaml", "experiments/coco/adap
            "experiments/coco/adaptive_pose_w48_640.yaml"]
 
 
-def build(path: str) -> torch.nn.Module:
+def build(path: str, adaptive_conv: str = "grid_sample") -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_method(load_config(REPO / path)).build_model().eval()
+    return build_method(load_config(REPO / path, ["MODEL.ADAPTIVE_CONV", adaptive_conv])).build_model().eval()
 
 
 def main(argv=None) -> int:
@@ -38,15 +38,18 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 640])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--adaptive-conv", default="grid_sample", choices=["grid_sample", "deform_conv2d"],
+                        help="MODEL.ADAPTIVE_CONV of the compared configs (the DEKR-W32 reference keeps grid_sample)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     reference = build(REFERENCE)
-    print(f"CPU, {args.threads} threads, batch 1, eval, no grad; reference {REFERENCE}")
+    print(f"CPU, {args.threads} threads, batch 1, eval, no grad, MODEL.ADAPTIVE_CONV {args.adaptive_conv}; "
+          f"reference {REFERENCE}")
     print("| config | input | model (s) | DEKR-W32 (s) | model / DEKR-W32 |")
     print("|---|---|---|---|---|")
     for path in args.cfg:
-        model = build(path)
+        model = build(path, args.adaptive_conv)
         for size in args.sizes:
             x = torch.rand(1, 3, size, size)
             with torch.no_grad():
