@@ -23,7 +23,8 @@ hops: centre -> the part's adaptive point -> the part's keypoints.
 
 Parameter names equal the official (master-branch) ones, so official checkpoints load as they are (see
 ``convert.py``). The official DCNv2 op and the flownet2 ``Resample2d`` warp are replaced by
-:func:`torchvision.ops.deform_conv2d` (with mask) and :func:`warp` (``grid_sample``), which compute the same.
+:func:`~bupose.models.layers.modulated_deform_conv2d` (``grid_sample`` gathering by default, or
+:func:`torchvision.ops.deform_conv2d` with mask) and :func:`warp` (``grid_sample``), which compute the same.
 
 Coordinates: output cell ``(i, j)`` (row, column) is the point ``(x, y) = (j, i)`` in output-map pixels (a
 stride of 4 input pixels; pixel centres at integers, CenterNet's convention). All offsets are ``(dx, dy)`` in
