@@ -33,6 +33,27 @@ ADAPTIVE_IMPLS = ("grid_sample", "deform_conv2d")
 SAMPLING_CHUNK_BYTES = 16 << 20
 
 
+def check_adaptive_impl(impl: str, name: str = "adaptive convolution: impl") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``impl`` is one of :data:`ADAPTIVE_IMPLS`."""
+    if impl not in ADAPTIVE_IMPLS:
+        raise ValueError(f"{name} must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+
+
+def _sampling_dtype(x: torch.Tensor) -> torch.dtype:
+    """Sampling positions (up to the map size) need float32 at least: in float16 / bfloat16 they would be off by up
+    to a pixel, so half-precision inputs are sampled in float32 (also under autocast)."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _samples_per_chunk(n: int, bytes_per_sample: int, device: torch.device) -> int:
+    """How many of ``n`` samples to gather at once: on CPU (eager) about :data:`SAMPLING_CHUNK_BYTES` of sampled
+    columns, so that the intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor
+    per call otherwise); all of them on a GPU and when tracing or exporting."""
+    if device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return min(n, max(1, SAMPLING_CHUNK_BYTES // bytes_per_sample))
+    return n
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  relu: bool = True) -> nn.Sequential:
     """``Sequential(conv (no bias, 'same' padding), BN[, ReLU])``: keys ``0.weight``, ``1.*``."""
@@ -110,8 +131,7 @@ class ModulatedDeformConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  padding: int = 1, dilation: int = 1, impl: str = "grid_sample"):
         super().__init__()
-        if impl not in ADAPTIVE_IMPLS:
-            raise ValueError(f"deformable convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+        check_adaptive_impl(impl, "deformable convolution: impl")
         self.stride, self.padding, self.dilation, self.impl = stride, padding, dilation, impl
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -147,8 +167,7 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
     with one matrix product; on CPU it trains several times faster than torchvision's kernel and it exports to ONNX.
     Kernel point ``(u, v)`` of output pixel ``(i, j)`` samples ``(i s - p + u d + dy, j s - p + v d + dx)``.
     """
-    if impl not in ADAPTIVE_IMPLS:
-        raise ValueError(f"deformable convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+    check_adaptive_impl(impl, "deformable convolution: impl")
     if impl == "deform_conv2d":
         from torchvision.ops import deform_conv2d
 
@@ -156,7 +175,7 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     ho, wo = offset.shape[-2:]
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # positions need float32
+    dtype = _sampling_dtype(x)
     k = kh * kw
     u = torch.arange(kh, dtype=dtype, device=x.device).repeat_interleave(kw) * dilation  # (k,) kernel rows
     v = torch.arange(kw, dtype=dtype, device=x.device).repeat(kh) * dilation
@@ -169,11 +188,10 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
     weight = weight.reshape(o, c * k).to(x.dtype)
     mask = mask.reshape(b, 1, k, ho * wo)
     xs = x.to(dtype)
-    step = b
-    if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-        step = max(1, SAMPLING_CHUNK_BYTES // (c * k * ho * wo * xs.element_size()))
+    step = _samples_per_chunk(b, c * k * ho * wo * xs.element_size(), x.device)
+    chunks = [(xs, grid, mask)] if step == b else list(zip(xs.split(step), grid.split(step), mask.split(step)))
     outs = []
-    for xi, gi, mi in zip(xs.split(step), grid.split(step), mask.split(step)):
+    for xi, gi, mi in chunks:
         sampled = F.grid_sample(xi, gi, mode="bilinear", padding_mode="zeros", align_corners=False)  # (b', C, kH', W')
         sampled = (sampled.view(-1, c, k, ho * wo) * mi).to(x.dtype).view(-1, c * k, ho * wo)
         outs.append(torch.matmul(weight, sampled))  # (b', O, H' W')
@@ -250,12 +268,9 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
                    dilation: int, impl: str, groups: int) -> torch.Tensor:
     """:func:`adaptive_conv2d` with the transform and translation of each (batch item, group) in one tensor:
     ``x (B, G*C, H, W)``, ``weight (G*O, C, 3, 3)``, ``params (B*G, 6, H, W)`` -> ``(B, G*O, H, W)``."""
-    if impl not in ADAPTIVE_IMPLS:
-        raise ValueError(f"adaptive convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+    check_adaptive_impl(impl)
     b, gc, h, w = x.shape
-    # sampling positions (up to the map size) need float32 at least: in float16 / bfloat16 they would be
-    # off by up to a pixel, so half-precision inputs are sampled in float32 (also under autocast)
-    dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    dtype = _sampling_dtype(x)
     params, xs = params.to(dtype), x.to(dtype)
     if impl == "deform_conv2d":
         from torchvision.ops import deform_conv2d
@@ -265,12 +280,11 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
         out = deform_conv2d(xs, offset, weight.to(dtype), padding=(dilation, dilation), dilation=(dilation, dilation))
         return out.to(x.dtype)
     # the groups go to the batch dimension for the sampling: (B, G*C, H, W) -> (B*G, C, H, W) is a view, and sample
-    # b * G + g is reduced with the weight of group g. On CPU this runs in chunks of samples, so that the (C*9)-fold
-    # intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor per call otherwise).
+    # b * G + g is reduced with the weight of group g; on CPU in chunks of samples (_samples_per_chunk)
     n, c = b * groups, gc // groups
     chunks = [(xs.reshape(n, c, h, w), params, torch.arange(n, device=x.device) % groups)]
-    if x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-        step = max(1, SAMPLING_CHUNK_BYTES // (c * 9 * h * w * xs.element_size()))
+    step = _samples_per_chunk(n, c * 9 * h * w * xs.element_size(), x.device)
+    if step < n:
         chunks = list(zip(*(t.split(step) for t in chunks[0])))
     weight = weight.reshape(groups, -1, c * 9)
     outs = []
@@ -306,8 +320,7 @@ class AdaptiveConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dilation: int = 1, impl: str = "grid_sample"):
         super().__init__()
-        if impl not in ADAPTIVE_IMPLS:
-            raise ValueError(f"adaptive convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+        check_adaptive_impl(impl)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.dilation = dilation
@@ -474,8 +487,7 @@ def make_layer(block: type, inplanes: int, planes: int, num_blocks: int, stride:
 def set_adaptive_impl(module: nn.Module, impl: str) -> nn.Module:
     """Switch every :class:`AdaptiveConv2d` and :class:`ModulatedDeformConv2d` in ``module`` to ``impl``
     (``"grid_sample"`` or ``"deform_conv2d"``)."""
-    if impl not in ADAPTIVE_IMPLS:
-        raise ValueError(f"adaptive convolution: impl must be one of {ADAPTIVE_IMPLS}, got {impl!r}")
+    check_adaptive_impl(impl)
     for m in module.modules():
         if isinstance(m, (AdaptiveConv2d, ModulatedDeformConv2d)):
             m.impl = impl

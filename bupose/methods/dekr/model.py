@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from bupose.errors import ConfigError
 from bupose.models.backbones.hrnet import HRNet
-from bupose.models.layers import (ADAPTIVE_IMPLS, BLOCKS, can_fuse, conv_bn_relu, fused_block, grouped_conv2d,
+from bupose.models.layers import (BLOCKS, can_fuse, check_adaptive_impl, conv_bn_relu, fused_block, grouped_conv2d,
                                   has_hooks, make_layer, set_adaptive_impl)
 
 _SPEC_FIELDS = {
@@ -92,8 +92,7 @@ class DEKR(HRNet):
                  final_conv_kernel: int = 1, adaptive_impl: str = "grid_sample", stem_blocks: int = 4,
                  fused_offset_head: bool | None = None, init: str = "official", offset_scale: float = 1.0):
         super().__init__(stages=stages, stem_blocks=stem_blocks)
-        if adaptive_impl not in ADAPTIVE_IMPLS:
-            raise ValueError(f"adaptive_impl must be one of {ADAPTIVE_IMPLS}, got {adaptive_impl!r}")
+        check_adaptive_impl(adaptive_impl, "adaptive_impl")
         self.num_joints = num_joints
         self.fused_offset_head = fused_offset_head
         self.offset_prekpt = offset_channels_per_joint

@@ -14,11 +14,11 @@ builds it for its DLA-34 model: ``(B, 3, H, W) -> (B, 64, H/4, W/4)``; ``H`` and
   the output, ``(B, 64, H/4, W/4)``.
 
 The deformable convolutions are DCNv2 (:class:`~bupose.models.layers.ModulatedDeformConv2d`, computed by
-``grid_sample`` gathering or :func:`torchvision.ops.deform_conv2d`; no compiled extension). Module names equal those of the official model
-(``base.*``, ``dla_up.ida_{i}.{proj,up,node}_{j}.*``, ``ida_up.*``), so official checkpoints and the ImageNet
-DLA-34 weights (under ``base.``) load by name. Initialisation: PyTorch's defaults (the official model loads ImageNet
-weights into ``base``), DCN as :class:`~bupose.models.layers.ModulatedDeformConv2d`, the transposed convolutions
-bilinear.
+``grid_sample`` gathering or :func:`torchvision.ops.deform_conv2d`; no compiled extension). Module names equal
+those of the official model (``base.*``, ``dla_up.ida_{i}.{proj,up,node}_{j}.*``, ``ida_up.*``), so official
+checkpoints and the ImageNet DLA-34 weights (under ``base.``) load by name. Initialisation: PyTorch's defaults
+(the official model loads ImageNet weights into ``base``), DCN as :class:`~bupose.models.layers.ModulatedDeformConv2d`,
+the transposed convolutions bilinear.
 """
 from __future__ import annotations
 
