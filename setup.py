@@ -21,7 +21,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime"],  # onnx*: the export tests run too
         "export": ["onnx", "onnxruntime"],
     },
 )

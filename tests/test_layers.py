@@ -105,12 +105,27 @@ def test_adapt_block_keys_shapes_and_impl_switch():
         AdaptiveConv2d(3, 3, impl="nope")
 
 
-def test_adaptive_grid_sample_exports_to_onnx():
-    onnx = pytest.importorskip("onnx")
+def _adapt_block_with_moved_points():
     block = AdaptBlock(6, 6).eval()
     with torch.no_grad():
         block.translation_conv.bias.normal_(0, 2)
         block.transform_matrix_conv.bias.copy_(torch.tensor([1.0, 0.2, -0.3, 1.0]))
+    return block
+
+
+def _dcn_with_moved_points():
+    dcn = ModulatedDeformConv2d(6, 5, stride=2).eval()
+    with torch.no_grad():
+        dcn.conv_offset_mask.weight.normal_(0, 0.3)
+    return dcn
+
+
+@pytest.mark.parametrize("make", [_adapt_block_with_moved_points, _dcn_with_moved_points])
+def test_adaptive_grid_sample_exports_to_onnx(make):
+    """DEKR's adaptive block and DCNv2, both gathering with grid_sample, export to ONNX and run there alike."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    block = make()
     x = torch.randn(1, 6, 10, 12)
     buf = io.BytesIO()
     torch.onnx.export(block, (x,), buf, opset_version=17, input_names=["x"], output_names=["y"], dynamo=False)

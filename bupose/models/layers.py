@@ -45,13 +45,13 @@ def _sampling_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
-def _samples_per_chunk(n: int, bytes_per_sample: int, device: torch.device) -> int:
-    """How many of ``n`` samples to gather at once: on CPU (eager) about :data:`SAMPLING_CHUNK_BYTES` of sampled
-    columns, so that the intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor
-    per call otherwise); all of them on a GPU and when tracing or exporting."""
+def _samples_per_chunk(bytes_per_sample: int, device: torch.device) -> int | None:
+    """How many samples to gather at once: on CPU (eager) about :data:`SAMPLING_CHUNK_BYTES` of sampled columns, so
+    that the intermediate stays cache- and allocator-friendly (a fresh, page-faulted multi-100-MB tensor per call
+    otherwise); ``None`` (all at once) on a GPU and when tracing or exporting."""
     if device.type == "cpu" and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-        return min(n, max(1, SAMPLING_CHUNK_BYTES // bytes_per_sample))
-    return n
+        return max(1, SAMPLING_CHUNK_BYTES // bytes_per_sample)
+    return None
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -188,8 +188,10 @@ def modulated_deform_conv2d(x: torch.Tensor, offset: torch.Tensor, mask: torch.T
     weight = weight.reshape(o, c * k).to(x.dtype)
     mask = mask.reshape(b, 1, k, ho * wo)
     xs = x.to(dtype)
-    step = _samples_per_chunk(b, c * k * ho * wo * xs.element_size(), x.device)
-    chunks = [(xs, grid, mask)] if step == b else list(zip(xs.split(step), grid.split(step), mask.split(step)))
+    chunks = [(xs, grid, mask)]
+    step = _samples_per_chunk(c * k * ho * wo * xs.element_size(), x.device)
+    if step is not None and step < b:
+        chunks = list(zip(xs.split(step), grid.split(step), mask.split(step)))
     outs = []
     for xi, gi, mi in chunks:
         sampled = F.grid_sample(xi, gi, mode="bilinear", padding_mode="zeros", align_corners=False)  # (b', C, kH', W')
@@ -283,8 +285,8 @@ def _adaptive_conv(x: torch.Tensor, weight: torch.Tensor, params: torch.Tensor, 
     # b * G + g is reduced with the weight of group g; on CPU in chunks of samples (_samples_per_chunk)
     n, c = b * groups, gc // groups
     chunks = [(xs.reshape(n, c, h, w), params, torch.arange(n, device=x.device) % groups)]
-    step = _samples_per_chunk(n, c * 9 * h * w * xs.element_size(), x.device)
-    if step < n:
+    step = _samples_per_chunk(c * 9 * h * w * xs.element_size(), x.device)
+    if step is not None and step < n:
         chunks = list(zip(*(t.split(step) for t in chunks[0])))
     weight = weight.reshape(groups, -1, c * 9)
     outs = []
