@@ -80,6 +80,13 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DATASET.HSV", [0.015, 0.7, 0.4], "letterbox pipeline: YOLO HSV gains (hue, saturation, value); "
          "[0, 0, 0]: off"),
     _opt("DATASET.PHOTOMETRIC", True, "photometric augmentation (colour, blur, noise) during training"),
+    _opt("DATASET.SCALE_FACTOR", 0.35, "top-down training: random scale 1 + N(0, s) clipped to [1 - s, 1 + s]"),
+    _opt("DATASET.ROT_FACTOR", 45.0, "top-down training: random rotation N(0, r) clipped to [-2r, 2r] degrees, "
+         "applied with probability 0.6"),
+    _opt("DATASET.PROB_HALF_BODY", 0.3, "top-down training: probability of a half-body crop"),
+    _opt("DATASET.NUM_JOINTS_HALF_BODY", 8, "top-down training: half-body crops need more than this many labelled "
+         "keypoints"),
+    _opt("DATASET.COLOR_RGB", True, "top-down: the network takes RGB (True, the official models) or BGR input"),
     _opt("DATASET.SYNTHETIC_TRAIN_IMAGES", 1600, "synthetic dataset: training images to generate"),
     _opt("DATASET.SYNTHETIC_VAL_IMAGES", 400, "synthetic dataset: validation images to generate"),
     _opt("DATASET.SIGMA", 2.0, "Gaussian sigma of keypoint heatmaps, in output pixels"),
@@ -92,11 +99,21 @@ SCHEMA: tuple[Option, ...] = (
     _opt("MODEL.NAME", "", "method and backbone, e.g. hrnet_dekr"),
     _opt("MODEL.PRETRAINED", "", "backbone weights to start from (a file path); empty for none"),
     _opt("MODEL.SPEC", {}, "method-specific structure as in the official experiment files (checked by the model)"),
+    _opt("MODEL.IMAGE_SIZE", [192, 256], "top-down: crop (network input) size [width, height]"),
+    _opt("MODEL.HEATMAP_SIZE", [48, 64], "top-down: heatmap size [width, height]"),
+    _opt("MODEL.SIGMA", 2.0, "top-down: Gaussian sigma of the heatmap targets, in heatmap pixels"),
+    _opt("MODEL.CODEC", {}, "top-down: the codec as in an mmpose 1.x config, e.g. {type: UDPHeatmap, sigma: 2} or "
+         "{type: MSRAHeatmap, sigma: 2, unbiased: true} (DARK); input_size / heatmap_size default to MODEL.IMAGE_SIZE "
+         "/ HEATMAP_SIZE; empty: MSRAHeatmap with MODEL.SIGMA"),
     _opt("MODEL.ADAPTIVE_CONV", "grid_sample",
          "DEKR's adaptive and AdaptivePose's deformable convolutions: grid_sample (fast, exports) or deform_conv2d"),
     # --- losses -----------------------------------------------------------------------------------------------
     _opt("LOSS.HEATMAPS_LOSS_FACTOR", 1.0, "weight of the heatmap loss"),
     _opt("LOSS.OFFSETS_LOSS_FACTOR", 0.03, "weight of the offset regression loss"),
+    _opt("LOSS.USE_TARGET_WEIGHT", True, "top-down: weight each keypoint's heatmap loss by its target weight "
+         "(0 for unlabelled keypoints)"),
+    _opt("LOSS.USE_OHKM", False, "top-down: online hard keypoint mining (average of the TOPK largest keypoint losses)"),
+    _opt("LOSS.TOPK", 8, "top-down: keypoints kept by LOSS.USE_OHKM"),
     _opt("LOSS.GAINS", {}, "YOLO-Pose: overrides of the official loss gains, e.g. {KPT: 0.1, OBJ: 0.75} (keys: BOX, "
          "OBJ, CLS, KPT, KPT_CONF, L1_KPT)"),
     # --- training ---------------------------------------------------------------------------------------------
@@ -162,6 +179,19 @@ SCHEMA: tuple[Option, ...] = (
          "of the plain pass) or fuse (decode both passes, fuse each person's two poses by centre)"),
     _opt("TEST.POSE_NMS", "soft", "AdaptivePose: merge of the people of several scales: soft (official Gaussian "
          "soft-NMS on keypoint boxes), oks (OKS NMS at TEST.OKS_THRESHOLD) or none"),
+    # top-down family (official HRNet key names)
+    _opt("TEST.USE_GT_BBOX", False, "top-down: person boxes from the ground truth (with the official HRNet clean-up)"),
+    _opt("TEST.COCO_BBOX_FILE", "", "top-down: person boxes from a COCO detection results file (person category)"),
+    _opt("TEST.IMAGE_THRE", 0.0, "top-down: detections below this score are dropped"),
+    _opt("TEST.DETECTOR_CFG", "", "top-down: a bupose bottom-up / one-stage experiment file whose model finds the "
+         "person boxes"),
+    _opt("TEST.DETECTOR_MODEL_FILE", "", "top-down: weights of the TEST.DETECTOR_CFG model"),
+    _opt("TEST.SHIFT_HEATMAP", True, "top-down flip test: shift the flipped-back heatmaps one pixel right (official)"),
+    _opt("TEST.POST_PROCESS", True, "top-down: refine the heatmap maximum (quarter-pixel offset; DARK with "
+         "MODEL.CODEC unbiased)"),
+    _opt("TEST.IN_VIS_THRE", 0.2, "top-down rescoring: mean of the keypoint maxima above this, times the box score"),
+    _opt("TEST.OKS_THRE", 0.9, "top-down: OKS NMS threshold over an image's people"),
+    _opt("TEST.SOFT_NMS", False, "top-down: soft OKS NMS instead of OKS NMS"),
     _opt("TEST.RESCORE_FILE", "", "DEKR rescoring-net weights (empty: scores as decoded)"),
 )
 
