@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bupose.data.coco_format import (DATASET_LAYOUTS, CocoKeypointDataset, build_dataset, dataset_files,
-                                     dataset_spec, ignore_mask, image_file_problem, read_image)
+from bupose.data.coco_format import CocoKeypointDataset
+from bupose.data.io import ignore_mask, image_file_problem, read_image
 from bupose.data.keypoints import COCO17, CROWDPOSE14
 from bupose.data.sample import Sample
 from bupose.errors import DataError
@@ -380,56 +380,3 @@ def test_transform_and_index_errors(tmp_path):
     assert [ds[0], ds[1], ds[-1]] == [1, 2, 2]
     with pytest.raises(IndexError):
         ds[2]
-
-
-# --- standard layouts ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,split,ann,images", [
-    ("coco", "train", "coco/annotations/person_keypoints_train2017.json", "coco/images/train2017"),
-    ("coco", "val2017", "coco/annotations/person_keypoints_val2017.json", "coco/images/val2017"),
-    ("crowdpose", "trainval", "crowdpose/json/crowdpose_trainval.json", "crowdpose/images"),
-    ("crowdpose", "test", "crowdpose/json/crowdpose_test.json", "crowdpose/images"),
-    ("ochuman", "val", "ochuman/ochuman_coco_format_val_range_0.00_1.00.json", "ochuman/images"),
-    ("ochuman", "test", "ochuman/ochuman_coco_format_test_range_0.00_1.00.json", "ochuman/images"),
-    ("synthetic_crowdpose", "train", "synthetic/annotations/crowdpose_train.json", "synthetic/images/train"),
-    ("synthetic_coco", "val", "synthetic/annotations/coco_val.json", "synthetic/images/val"),
-    ("synthetic_simple_crowdpose", "val", "synthetic_simple/annotations/crowdpose_val.json",
-     "synthetic_simple/images/val"),
-])
-def test_dataset_files_layout(tmp_path, name, split, ann, images):
-    assert dataset_files(name, tmp_path, split, check=False) == (tmp_path / ann, tmp_path / images)
-    with pytest.raises(DataError, match=rf"annotation file not found at {tmp_path / ann}"):
-        dataset_files(name, tmp_path, split)
-    (tmp_path / ann).parent.mkdir(parents=True)
-    (tmp_path / ann).write_text("{}")
-    with pytest.raises(DataError, match=rf"image folder not found at {tmp_path / images}"):
-        dataset_files(name, tmp_path, split)
-    (tmp_path / images).mkdir(parents=True)
-    assert dataset_files(name, tmp_path, split) == (tmp_path / ann, tmp_path / images)
-
-
-def test_dataset_names_and_specs(tmp_path):
-    assert set(DATASET_LAYOUTS) == {"coco", "crowdpose", "ochuman", "synthetic_crowdpose", "synthetic_coco",
-                                    "synthetic_simple_crowdpose", "synthetic_simple_coco"}
-    assert dataset_spec("crowdpose") is CROWDPOSE14 and dataset_spec("synthetic_coco") is COCO17
-    assert dataset_spec("synthetic_simple_crowdpose") is CROWDPOSE14
-    # generated datasets: (folder, generator preset), which prepare_dataset hands to the generator
-    assert DATASET_LAYOUTS["synthetic_coco"].synthetic == ("synthetic", "crowds")
-    assert DATASET_LAYOUTS["synthetic_simple_crowdpose"].synthetic == ("synthetic_simple", "simple")
-    assert DATASET_LAYOUTS["crowdpose"].synthetic is None
-    assert dataset_spec("ochuman") is COCO17
-    with pytest.raises(DataError, match="unknown dataset 'mpii'"):
-        dataset_files("mpii", tmp_path, "val")
-    with pytest.raises(DataError, match="no split 'train'.*'val', 'test'"):
-        dataset_files("ochuman", tmp_path, "train")
-
-
-def test_build_dataset(tmp_path, shared_dir):
-    src = shared_dir / "data/samples/crowdpose"
-    ann, images = dataset_files("crowdpose", tmp_path, "val", check=False)
-    ann.parent.mkdir(parents=True)
-    ann.write_bytes((src / "test_crowdpose.json").read_bytes())
-    images.mkdir(parents=True)
-    for f in src.glob("*.jpg"):
-        (images / f.name).write_bytes(f.read_bytes())
-    ds = build_dataset("crowdpose", tmp_path, "val", min_people=1)
-    assert ds.spec is CROWDPOSE14 and len(ds) == 2 and ds[0].keypoints.shape[1] == 14

@@ -10,8 +10,8 @@ import yaml
 from PIL import Image
 
 from bupose.config import load_config
-from bupose.data.build import prepare_dataset
-from bupose.data.coco_format import CocoKeypointDataset, build_dataset, dataset_files, dataset_spec
+from bupose.data.build import build_dataset, dataset_files, dataset_spec, prepare_dataset
+from bupose.data.coco_format import CocoKeypointDataset
 from bupose.data.keypoints import COCO17, CROWDPOSE14
 from bupose.data.sample import Sample
 from bupose.data.yolo_format import (YoloPoseDataset, apply_exif_orientation, label_path, load_data_yaml,

@@ -3,8 +3,8 @@
 A :class:`CocoKeypointDataset` turns one annotation file plus an image folder into :class:`~bupose.data.sample.Sample`
 objects: the image (BGR uint8), every person with labelled keypoints ``(N, K, 3)``, their boxes (``xyxy``), areas and
 annotation ids, CrowdPose's crowd index, and an ignore mask ``(H, W)`` that is 1 on crowd regions and on people
-without labelled keypoints. :func:`dataset_files` maps a dataset name and split to the standard layout under a
-``datasets/`` folder (documented in ``datasets/README.md``).
+without labelled keypoints. Which file and folder a dataset name and split stand for is the catalogue's business
+(:mod:`bupose.data.catalogue`, :func:`bupose.data.build.build_dataset`), not this module's.
 
 Conventions and choices (the rest of bupose relies on them):
 
@@ -20,8 +20,8 @@ Conventions and choices (the rest of bupose relies on them):
 * **Which images are in the index.** ``min_people=0`` (the default, for evaluation) keeps every image of the file,
   with or without people, in file order, as COCO evaluation does; ``min_people=1`` (for training) keeps the images
   with at least one person with labelled keypoints.
-* **Images** are decoded with ``cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION``: the EXIF orientation tag is not
-  applied, because COCO-format annotations refer to the stored pixel grid.
+* **Images** are read with :func:`bupose.data.io.read_image`: the EXIF orientation tag is not applied, because
+  COCO-format annotations refer to the stored pixel grid.
 * **Bad data.** Errors are :class:`~bupose.errors.DataError` naming the file, the image id / annotation id and what
   was expected. Problems with the file as a whole (missing file, not JSON, no ``images``/``annotations`` list,
   entries without ids, duplicate ids, a keypoint layout that does not match ``spec``) always raise. Annotations are
@@ -39,97 +39,24 @@ Conventions and choices (the rest of bupose relies on them):
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import logging
 import math
-import re
-from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from ..errors import DataError
+from .io import ImageAnnotations, SkippingIndex, ignore_mask, load_coco_json, read_image
 from .keypoints import KeypointSpec, get_spec
-from .synthetic import preset_folder
 from .sample import Sample
 
 logger = logging.getLogger("bupose.data")
 
 #: The CrowdPose evaluator's OKS scale for a ground truth without ``area``: ``0.53 * bbox_w * bbox_h``.
 CROWDPOSE_AREA_FACTOR = 0.53
-
-_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-
-
-@dataclass
-class ImageAnnotations:
-    """The parsed, validated annotations of one image (no pixels).
-
-    Attributes:
-        image_id: the image's id in the file.
-        file_name: ``file_name`` as written in the file (relative to the image folder).
-        width, height: the image size the file states.
-        keypoints: ``(N, K, 3)`` float32, x, y, visibility of the N people with labelled keypoints.
-        boxes: ``(N, 4)`` float32, ``xyxy``.
-        areas: ``(N,)`` float32 (``area`` field, else ``0.53 * w * h`` of the box).
-        ann_ids: ``(N,)`` int64.
-        crowd_index: ``images[*].crowdIndex`` (CrowdPose), else ``None``.
-        ignored: the raw annotation dicts painted into the ignore mask (crowd regions, people without keypoints).
-    """
-
-    image_id: int
-    file_name: str
-    width: int
-    height: int
-    keypoints: np.ndarray
-    boxes: np.ndarray
-    areas: np.ndarray
-    ann_ids: np.ndarray
-    crowd_index: float | None = None
-    ignored: list[dict] = field(default_factory=list)
-
-    @property
-    def num_people(self) -> int:
-        return int(self.keypoints.shape[0])
-
-
-class SkippingIndex:
-    """Index checks and ``on_error="skip"`` for the readers: a subclass sets ``source`` (what to name in messages),
-    ``image_ids``, ``_bad`` (a set) and implements ``load_sample(index)`` and ``__len__``."""
-
-    source: str
-
-    def _check_index(self, index: int) -> int:
-        n = len(self)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images of {self.source}")
-        return index % n
-
-    def _load_or_next(self, index: int) -> Sample:
-        """``load_sample(index)``, or the next loadable sample (wrapping around) when it fails; failures are logged
-        once and remembered."""
-        n = len(self)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._bad:
-                continue
-            try:
-                sample = self.load_sample(i)
-            except DataError as e:
-                self._bad.add(i)
-                logger.warning("skipping image (index %d): %s", i, e)
-                continue
-            if i != index:
-                logger.warning("%s: index %d (image %s) is unusable; returning index %d (image %s) instead",
-                               self.source, index, self.image_ids[index], i, self.image_ids[i])
-            return sample
-        raise DataError(f"{self.source}: none of the {n} images in the index could be loaded (see the warnings "
-                        f"on the 'bupose.data' logger)")
 
 
 class CocoKeypointDataset(SkippingIndex):
@@ -167,12 +94,12 @@ class CocoKeypointDataset(SkippingIndex):
         self.min_people = int(min_people)
         self.transform = transform
 
-        data = _load_coco_json(self.ann_file)
+        data = load_coco_json(self.ann_file)
         self._check_categories(data)
         self._check_ids(data)
         self.coco = COCO()
         self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        with contextlib.redirect_stdout(StringIO()):  # pycocotools prints progress
             self.coco.createIndex()
 
         self._records: list[ImageAnnotations] = []
@@ -410,28 +337,6 @@ def _float_array(value, key: str, where: str) -> np.ndarray:
         raise DataError(f"{where}: '{key}' is not a flat list of numbers: {str(value)[:80]}") from None
 
 
-def _load_coco_json(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be read ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: not a COCO-format annotation file: the top level is a {type(data).__name__}, "
-                        f"expected an object with 'images' and 'annotations' lists")
-    for key in ("images", "annotations"):
-        if key not in data:
-            raise DataError(f"{path}: not a COCO-format annotation file: missing key {key!r} (expected top-level "
-                            f"keys 'images', 'annotations' and 'categories'; found {sorted(data)})")
-        if not isinstance(data[key], list):
-            raise DataError(f"{path}: {key!r} is a {type(data[key]).__name__}, expected a list")
-    return data
-
-
 def _check_segmentation(seg, where: str) -> None:
     """Structure of an ignored annotation's segmentation: None/[] (box used), polygons, or an RLE dict."""
     if seg is None or (isinstance(seg, list) and not seg):
@@ -451,216 +356,3 @@ def _check_segmentation(seg, where: str) -> None:
                             f"run lengths or a compressed string)")
         return
     raise DataError(f"{where}: 'segmentation' is a {type(seg).__name__}, expected polygons (list) or RLE (dict)")
-
-
-def _region_mask(ann: dict, height: int, width: int, where: str) -> np.ndarray:
-    """Pixels of one ignored annotation: its segmentation where it has one, else every pixel its box touches."""
-    seg = ann.get("segmentation")
-    where = f"{where}, annotation {ann.get('id')}" if where else f"annotation {ann.get('id')}"
-    if isinstance(seg, dict):
-        if [int(s) for s in seg["size"]] != [height, width]:
-            raise DataError(f"{where}: RLE segmentation size {list(seg['size'])} differs from the image size "
-                            f"[{height}, {width}] (height, width)")
-        try:
-            if isinstance(seg["counts"], list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(seg, height, width)
-            else:  # compressed RLE
-                counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
-                rle = {"size": [height, width], "counts": counts}
-            return mask_utils.decode(rle).astype(bool)
-        except Exception as e:  # pycocotools raises assorted errors on malformed RLE
-            raise DataError(f"{where}: RLE segmentation cannot be decoded ({e})") from None
-    polys = [p for p in seg if len(p) >= 6] if isinstance(seg, list) else []
-    if polys:
-        rles = mask_utils.frPyObjects([[float(v) for v in p] for p in polys], height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
-    x, y, w, h = (float(v) for v in ann["bbox"])
-    m = np.zeros((height, width), bool)
-    x0, y0 = max(math.floor(x), 0), max(math.floor(y), 0)
-    x1, y1 = min(math.ceil(x + w), width), min(math.ceil(y + h), height)
-    if x1 > x0 and y1 > y0:
-        m[y0:y1, x0:x1] = True
-    return m
-
-
-def ignore_mask(annotations: list[dict], height: int, width: int, where: str = "") -> np.ndarray:
-    """Paint annotations (crowd regions, people without keypoints) into an ``(height, width)`` uint8 0/1 mask.
-
-    Each annotation contributes its ``segmentation`` (polygon list, uncompressed RLE with a ``counts`` list, or
-    compressed RLE with a ``counts`` string), or, where it has none, every pixel its ``bbox`` (x, y, w, h) touches.
-    """
-    mask = np.zeros((height, width), np.uint8)
-    for ann in annotations:
-        mask[_region_mask(ann, height, width, where)] = 1
-    return mask
-
-
-# Inside JPEG entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a restart marker 0xD0-0xD7 or a fill
-# 0xFF; anything else is the next marker.
-_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def image_file_problem(data: bytes) -> str | None:
-    """Why the bytes of a JPEG or PNG file are incomplete, or None. Other formats are left to the decoder.
-
-    OpenCV can decode a truncated JPEG without an error, filling the missing part with grey; so the JPEG marker
-    structure is walked explicitly (segments by their lengths, entropy-coded data up to the next marker) and the
-    end-of-image marker must be reached. Bytes after it are allowed.
-    """
-    if data.startswith(_PNG_SIGNATURE):
-        return None if data.rfind(b"IEND") >= len(_PNG_SIGNATURE) else "PNG without its IEND chunk (truncated)"
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    n, pos = len(data), 2
-    while True:
-        pos = data.find(b"\xff", pos)  # libjpeg also tolerates stray bytes between segments
-        while 0 <= pos < n - 1 and data[pos + 1] == 0xFF:
-            pos += 1  # fill bytes
-        if pos < 0 or pos >= n - 1:
-            return "JPEG ends before its end-of-image marker (truncated)"
-        marker = data[pos + 1]
-        if marker == 0xD9:
-            return None
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:
-            pos += 2
-            continue
-        if pos + 4 > n:
-            return "JPEG ends inside a segment header (truncated)"
-        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-        if end > n:
-            return "JPEG ends inside a segment (truncated)"
-        if end < pos + 4:
-            return f"JPEG segment with an invalid length at byte {pos}"
-        if marker == 0xDA:  # start of scan: skip the entropy-coded data
-            m = _JPEG_MARKER.search(data, end)
-            if m is None:
-                return "JPEG ends inside the image data (truncated)"
-            pos = m.start()
-        else:
-            pos = end
-
-
-def read_image(path: str | Path, where: str = "") -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 BGR (EXIF orientation not applied), checking it is complete.
-
-    Raises :class:`DataError` (prefixed with ``where``) when the file is missing, unreadable, truncated or
-    undecodable.
-    """
-    path = Path(path)
-    prefix = f"{where}: " if where else ""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{prefix}image file not found: {path}") from None
-    except OSError as e:
-        raise DataError(f"{prefix}cannot read image file {path} ({e})") from None
-    if not data:
-        raise DataError(f"{prefix}image file {path} is empty")
-    problem = image_file_problem(data)
-    if problem:
-        raise DataError(f"{prefix}corrupt image file {path}: {problem}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD_FLAGS)
-    if image is None:
-        raise DataError(f"{prefix}image file {path} cannot be decoded (not an image format OpenCV reads, or corrupt)")
-    return image
-
-
-# --- standard layouts ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetLayout:
-    """Where a dataset's files live under the datasets root: ``splits[split] = (annotation file, image folder)``,
-    both relative to the root, and the name of its keypoint layout. ``synthetic`` is ``(folder, generator preset)``
-    for the datasets that bupose generates (:mod:`bupose.data.synthetic`), else None."""
-
-    name: str
-    spec: str
-    splits: dict[str, tuple[str, str]]
-    synthetic: tuple[str, str] | None = None
-
-
-def _synthetic(layout: str, preset: str = "crowds") -> DatasetLayout:
-    folder = preset_folder(preset)
-    return DatasetLayout(f"{folder}_{layout}", layout, {
-        s: (f"{folder}/annotations/{layout}_{s}.json", f"{folder}/images/{s}") for s in ("train", "val")},
-        synthetic=(folder, preset))
-
-
-DATASET_LAYOUTS: dict[str, DatasetLayout] = {
-    "coco": DatasetLayout("coco", "coco", {
-        s: (f"coco/annotations/person_keypoints_{s}2017.json", f"coco/images/{s}2017") for s in ("train", "val")}),
-    "crowdpose": DatasetLayout("crowdpose", "crowdpose", {
-        s: (f"crowdpose/json/crowdpose_{s}.json", "crowdpose/images") for s in ("train", "val", "trainval", "test")}),
-    "ochuman": DatasetLayout("ochuman", "ochuman", {
-        s: (f"ochuman/ochuman_coco_format_{s}_range_0.00_1.00.json", "ochuman/images") for s in ("val", "test")}),
-    "synthetic_crowdpose": _synthetic("crowdpose"),
-    "synthetic_coco": _synthetic("coco"),
-    "synthetic_simple_crowdpose": _synthetic("crowdpose", "simple"),
-    "synthetic_simple_coco": _synthetic("coco", "simple"),
-}
-_SPLIT_ALIASES = {"train2017": "train", "val2017": "val"}
-
-
-def _layout(name: str) -> DatasetLayout:
-    try:
-        return DATASET_LAYOUTS[name.lower()]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; known datasets: {sorted(DATASET_LAYOUTS) + ['yolo']}") from None
-
-
-def dataset_files(name: str, root: str | Path = "datasets", split: str = "val",
-                  check: bool = True) -> tuple[Path, Path]:
-    """``(annotation file, image folder)`` of a dataset split in the standard layout under ``root``.
-
-    Names: ``coco`` (train, val), ``crowdpose`` (train, val, trainval, test), ``ochuman`` (val, test),
-    ``synthetic_crowdpose`` and ``synthetic_coco`` (train, val); see ``datasets/README.md``. With ``check``, a
-    missing file or folder raises :class:`DataError` naming the expected path.
-
-    ``yolo`` (an Ultralytics YOLO-pose dataset, :mod:`bupose.data.yolo_format`): ``root`` is the data YAML and the
-    result is ``(data YAML, the split's image folder or list file)``; ``check`` also reads the YAML and checks that
-    it has the split.
-    """
-    if name.lower() == "yolo":
-        from .yolo_format import yolo_dataset_files
-
-        return yolo_dataset_files(root, split, check)
-    layout = _layout(name)
-    key = _SPLIT_ALIASES.get(split, split)
-    if key not in layout.splits:
-        raise DataError(f"dataset {layout.name!r} has no split {split!r}; splits: {list(layout.splits)}")
-    ann_rel, img_rel = layout.splits[key]
-    root = Path(root)
-    ann_file, image_root = root / ann_rel, root / img_rel
-    if check:
-        for path, what, ok in ((ann_file, "annotation file", ann_file.is_file()),
-                               (image_root, "image folder", image_root.is_dir())):
-            if not ok:
-                raise DataError(f"dataset {layout.name!r} split {key!r}: {what} not found at {path}\n"
-                                f"expected layout under {root}:\n  {ann_rel}\n  {img_rel}/<file_name>\n"
-                                f"(see datasets/README.md for where the files come from)")
-    return ann_file, image_root
-
-
-def dataset_spec(name: str, root: str | Path | None = None) -> KeypointSpec:
-    """The keypoint layout of a dataset name of :data:`DATASET_LAYOUTS` (``root`` is not needed), or, for
-    ``yolo``, the layout that the data YAML ``root`` declares."""
-    if name.lower() == "yolo":
-        from .yolo_format import yolo_spec
-
-        return yolo_spec(root)
-    return get_spec(_layout(name).spec)
-
-
-def build_dataset(name: str, root: str | Path = "datasets", split: str = "val", **kwargs):
-    """:class:`CocoKeypointDataset` for a dataset split in the standard layout; ``kwargs`` go to the constructor.
-
-    For ``yolo``, ``root`` is the data YAML and the reader is a :class:`~bupose.data.yolo_format.YoloPoseDataset`
-    (same interface; ``kwargs``: ``on_error``, ``min_people``, ``transform``, ``area_factor``).
-    """
-    if name.lower() == "yolo":
-        from .yolo_format import YoloPoseDataset
-
-        return YoloPoseDataset(root, split, **kwargs)
-    ann_file, image_root = dataset_files(name, root, split)
-    kwargs.setdefault("spec", dataset_spec(name))
-    return CocoKeypointDataset(ann_file, image_root, **kwargs)

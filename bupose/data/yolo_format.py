@@ -57,7 +57,7 @@ Conventions and choices:
   always raise. Label rows are validated at construction: ``5 + K * ndim`` values, finite numbers, an integer class
   in ``0 .. len(names) - 1``, coordinates within ``[-0.01, 1.01]`` (Ultralytics' 1 % tolerance), visibility in
   {0, 1, 2}. Images are read lazily in ``__getitem__`` with the checks of
-  :func:`~bupose.data.coco_format.read_image`. ``on_error="skip"`` drops an image with a bad label file at
+  :func:`~bupose.data.io.read_image`. ``on_error="skip"`` drops an image with a bad label file at
   construction and, at ``__getitem__``, returns the next usable image instead of an unreadable one, exactly as
   :class:`~bupose.data.coco_format.CocoKeypointDataset` does.
 
@@ -78,7 +78,7 @@ import yaml
 from PIL import Image
 
 from ..errors import DataError
-from .coco_format import ImageAnnotations, SkippingIndex, _load_coco_json, ignore_mask, read_image
+from .io import ImageAnnotations, SkippingIndex, ignore_mask, load_coco_json, read_image
 from .keypoints import COCO17, CROWDPOSE14, KeypointSpec, get_spec
 from .sample import Sample
 
@@ -172,7 +172,7 @@ def yolo_spec(data_yaml: str | Path) -> KeypointSpec:
 
 def yolo_dataset_files(data_yaml: str | Path, split: str, check: bool = True) -> tuple[Path, Path]:
     """``(data YAML, the split's image folder or list file)`` (the dataset root when the split lists several);
-    what :func:`bupose.data.coco_format.dataset_files` returns for ``yolo``."""
+    what :func:`bupose.data.build.dataset_files` returns for ``yolo``."""
     config = load_data_yaml(data_yaml)
     sources = split_sources(config, split, check=check)
     return config.yaml_file, sources[0] if len(sources) == 1 else config.root
@@ -676,7 +676,7 @@ def write_yolo_pose(coco_json: str | Path, image_root: str | Path, out_dir: str 
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     coco_json, image_root, out_dir = Path(coco_json), Path(image_root), Path(out_dir)
-    data = _load_coco_json(coco_json)
+    data = load_coco_json(coco_json)
     k = spec.num_keypoints
     yaml_file = out_dir / "data.yaml"
     meta = {}

@@ -6,13 +6,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bupose.data.build import prepare_dataset
+from bupose.data.catalogue import dataset_entry
 from bupose.evaluation import KeypointEvaluator, people_to_results, save_results
 from bupose.inference.predictor import Predictor
-
-
-def protocol_of(dataset_name: str) -> str:
-    """Evaluation protocol of a dataset name: crowdpose for CrowdPose-layout sets, else coco."""
-    return "crowdpose" if "crowdpose" in dataset_name else "ochuman" if dataset_name == "ochuman" else "coco"
 
 
 def predict_split(cfg, model, split: str, progress: bool = True, limit: int = 0) -> tuple[list[dict], object]:
@@ -37,7 +33,8 @@ def evaluate_split(cfg, model, split: str, out_file: str | Path | None = None, p
     gt = reader.coco_gt() if hasattr(reader, "coco_gt") else reader.ann_file  # ultralytics sets: built in memory
     if limit:
         gt = _subset_gt(gt, {int(i) for i in reader.image_ids[:limit]})
-    return KeypointEvaluator(gt, protocol_of(cfg.DATASET.DATASET), sigmas=reader.spec.sigmas).evaluate(results)
+    protocol = dataset_entry(cfg.DATASET.DATASET).protocol
+    return KeypointEvaluator(gt, protocol, sigmas=reader.spec.sigmas).evaluate(results)
 
 
 def _subset_gt(gt, image_ids: set[int]) -> dict:

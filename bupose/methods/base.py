@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bupose.data.coco_format import dataset_spec
+from bupose.data.build import dataset_spec
 from bupose.data.keypoints import KeypointSpec
 from bupose.errors import ConfigError
 
