@@ -57,8 +57,9 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DEVICE", "auto", "auto (cuda when available), cpu, or cuda[:N]"),
     # --- data -------------------------------------------------------------------------------------------------
     _opt("DATASET.DATASET", "synthetic_crowdpose",
-         "dataset: coco, crowdpose, ochuman, synthetic_crowdpose, synthetic_coco, or yolo (an ultralytics YOLO-pose "
-         "set; layouts in datasets/README.md)"),
+         "dataset: a name of bupose.data.catalogue.DATASETS (coco, crowdpose, ochuman, synthetic_crowdpose, "
+         "synthetic_coco, synthetic_simple_crowdpose, synthetic_simple_coco) or yolo (an ultralytics YOLO-pose set; "
+         "layouts in datasets/README.md)"),
     _opt("DATASET.ROOT", "datasets", "folder holding the datasets (relative paths are taken from the repo root); "
          "for yolo: the data yaml"),
     _opt("DATASET.TRAIN_SET", "train", "split used for training (coco: train2017; crowdpose: train/trainval)"),
