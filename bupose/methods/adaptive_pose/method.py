@@ -20,7 +20,7 @@ from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
 from bupose.data.pipelines import BottomUpAffine, Photometric
 from bupose.errors import ConfigError
-from bupose.methods.adaptive_pose.convert import official_to_bupose
+from bupose.methods.adaptive_pose.convert import DLA_SIGNATURE_KEYS, SIGNATURE_KEYS
 from bupose.methods.adaptive_pose.decode import FLIP_MODES, NMS_KINDS, AdaptivePoseDecoder, to_centernet_tensor
 from bupose.methods.adaptive_pose.loss import AdaptivePoseLoss, bone_edges
 from bupose.methods.adaptive_pose.model import (AdaptivePose, DLAAdaptivePose, build_adaptive_pose,
@@ -69,6 +69,8 @@ class AdaptivePoseMethod:
 
     name = "hrnet_adaptive_pose"
     backbone = "HRNet"
+    title = "AdaptivePose on HRNet"
+    official_keys = SIGNATURE_KEYS  # the checkpoint hook (bupose.methods): recognises official checkpoints
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -97,10 +99,7 @@ class AdaptivePoseMethod:
         return build_adaptive_pose(self.cfg.MODEL.SPEC, self.spec)
 
     def build_model(self) -> AdaptivePose | DLAAdaptivePose:
-        model = set_adaptive_impl(self.make_model(), self.cfg.MODEL.ADAPTIVE_CONV)  # the DCNv2 layers
-        model.method_name = self.name
-        model.convert_checkpoint = lambda ckpt: official_to_bupose(ckpt, model)
-        return model
+        return set_adaptive_impl(self.make_model(), self.cfg.MODEL.ADAPTIVE_CONV)  # the DCNv2 layers
 
     def train_dataset(self) -> AdaptivePoseTrainingSet:
         d, c = self.cfg.DATASET, self.cfg
@@ -136,6 +135,8 @@ class DLAAdaptivePoseMethod(AdaptivePoseMethod):
 
     name = "dla_adaptive_pose"
     backbone = "DLA-34"
+    title = "AdaptivePose on DLA-34"
+    official_keys = DLA_SIGNATURE_KEYS
 
     def check_spec(self, spec) -> None:
         pass  # every field is optional; build_dla_adaptive_pose checks them

@@ -216,6 +216,15 @@ class AdaptivePoseHeads:
         self.sampler = AdaptivePointHead(parts=parts, head_channels=head_channels, part_channels=part_channels,
                                          warp_align_corners=warp_align_corners)
 
+    def convert_checkpoint(self, checkpoint) -> dict[str, torch.Tensor]:
+        """The state_dict for this model in a bupose or official AdaptivePose checkpoint of its backbone, checked
+        against the model (see :func:`bupose.methods.adaptive_pose.convert.official_to_bupose`); with the class's
+        ``method_name``, the checkpoint hook (see :mod:`bupose.methods`) used by
+        :func:`bupose.engine.checkpoint.load_checkpoint`."""
+        from bupose.methods.adaptive_pose.convert import official_to_bupose
+
+        return official_to_bupose(checkpoint, self)
+
     @property
     def part_names(self) -> tuple[str, ...]:
         return self.sampler.part_names
@@ -277,6 +286,7 @@ class AdaptivePose(HRNet, AdaptivePoseHeads):
     """
 
     backbone = "hrnet"
+    method_name = "hrnet_adaptive_pose"  # the checkpoint hook (see bupose.methods), with convert_checkpoint
 
     def __init__(self, *, stages: Mapping, parts: Sequence[tuple[str, Sequence[int]]], head_channels: int = 256,
                  part_channels: int = 64, aux_heatmap: bool = True, stem_blocks: int = 4,
@@ -321,6 +331,7 @@ class DLAAdaptivePose(DLAUpBackbone, AdaptivePoseHeads):
     """
 
     backbone = "dla34"
+    method_name = "dla_adaptive_pose"  # the checkpoint hook (see bupose.methods), with convert_checkpoint
 
     def __init__(self, *, parts: Sequence[tuple[str, Sequence[int]]], levels: Sequence[int] = DLA34_LEVELS,
                  channels: Sequence[int] = DLA34_CHANNELS, head_channels: int = 256, part_channels: int = 64,

@@ -9,7 +9,7 @@ from bupose.data import geometry as G
 from bupose.data.build import prepare_dataset
 from bupose.data.pipelines import BottomUpAffine, Photometric, to_tensor
 from bupose.errors import ConfigError
-from bupose.methods.dekr.convert import official_to_bupose
+from bupose.methods.dekr.convert import SIGNATURE_KEYS
 from bupose.methods.dekr.decode import DEKRDecoder
 from bupose.methods.dekr.loss import DEKRLoss
 from bupose.methods.dekr.model import DEKR, build_dekr
@@ -56,6 +56,8 @@ class DEKRMethod:
     """``MODEL.NAME: hrnet_dekr``."""
 
     name = "hrnet_dekr"
+    title = "DEKR"
+    official_keys = SIGNATURE_KEYS  # the checkpoint hook (bupose.methods): recognises official DEKR checkpoints
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -65,10 +67,7 @@ class DEKRMethod:
                               "structure (see experiments/*/dekr_*.yaml)")
 
     def build_model(self) -> DEKR:
-        model = build_dekr(self.cfg.MODEL.SPEC, self.spec.num_keypoints, self.cfg.MODEL.ADAPTIVE_CONV)
-        model.method_name = self.name
-        model.convert_checkpoint = lambda ckpt: official_to_bupose(ckpt, model)
-        return model
+        return build_dekr(self.cfg.MODEL.SPEC, self.spec.num_keypoints, self.cfg.MODEL.ADAPTIVE_CONV)
 
     def train_dataset(self) -> DEKRTrainingSet:
         d, c = self.cfg.DATASET, self.cfg

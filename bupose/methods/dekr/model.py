@@ -118,6 +118,17 @@ class DEKR(HRNet):
         self.offset_final_layer = nn.ModuleList(finals)
         self.init_weights(init)
 
+    # -- the checkpoint hook (see bupose.methods) -----------------------------------------------------------------
+    method_name = "hrnet_dekr"
+
+    def convert_checkpoint(self, checkpoint) -> dict[str, torch.Tensor]:
+        """The state_dict for this model in a bupose or official DEKR checkpoint, checked against the model (see
+        :func:`bupose.methods.dekr.convert.official_to_bupose`); used by
+        :func:`bupose.engine.checkpoint.load_checkpoint`."""
+        from bupose.methods.dekr.convert import official_to_bupose
+
+        return official_to_bupose(checkpoint, self)
+
     @classmethod
     def from_spec(cls, spec: Mapping, num_joints: int, adaptive_impl: str = "grid_sample") -> "DEKR":
         """Build from an official experiment file's ``MODEL.SPEC`` dict (unchanged) and the keypoint count.

@@ -13,7 +13,9 @@ them normally needs the official code on the path and runs whatever callables th
 stand-ins only hold the pickled submodules, parameters and buffers), and besides those only an allow-list resolves:
 tensor / parameter / storage rebuilding, ``torch.nn`` module classes, dtypes, ``collections.OrderedDict``, sets,
 numpy arrays and scalars, paths. Any other global -- in particular any other callable, which a malicious pickle
-would call while loading -- is refused with a :class:`~bupose.errors.CheckpointError` naming it.
+would call while loading -- is refused with a :class:`~bupose.errors.CheckpointError` naming it. The method class
+declares it as its pickled-checkpoint reader (the checkpoint hook of :mod:`bupose.methods`), which
+:func:`bupose.engine.checkpoint.read_checkpoint` asks when a file pickles classes.
 
 Like the official loader (``models/experimental.py``: ``ckpt['ema' if ckpt.get('ema') else 'model']``), the EMA
 weights are used when the checkpoint has them.
@@ -33,9 +35,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from bupose.engine.checkpoint import read_checkpoint, shorten_keys
 from bupose.errors import CheckpointError
 
 HEAD = 33  #: layer index of the head in the official 4-level (P6) models
+#: keys every official YOLO-Pose (P6) state_dict has: the head's first detection conv and its anchors
+SIGNATURE_KEYS = (f"model.{HEAD}.m.0.weight", f"model.{HEAD}.anchors")
 _OFFICIAL_PACKAGES = ("models", "utils")
 
 
@@ -214,8 +219,6 @@ def _is_state_dict(obj) -> bool:
 def _select(checkpoint, where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The state_dict in a path / module / state_dict / bupose checkpoint / official checkpoint."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        from bupose.engine.checkpoint import read_checkpoint
-
         return _select(read_checkpoint(checkpoint), os.fspath(checkpoint))
     if isinstance(checkpoint, nn.Module):
         return module_state_dict(checkpoint)
@@ -234,13 +237,6 @@ def _select(checkpoint, where: str = "checkpoint") -> dict[str, torch.Tensor]:
     bad = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)][:5]
     raise CheckpointError(f"{where} is neither a state_dict (entries {bad} are not tensors) nor a checkpoint with "
                           f"'model' / 'ema' / 'state_dict'")
-
-
-def _shorten(keys, n: int = 6) -> str:
-    keys = sorted(keys)
-    if not keys:
-        return "none"
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
 def _kpt_final_key(sd: Mapping, level: int = 0) -> str | None:
@@ -279,11 +275,12 @@ def check_compatible(sd: Mapping, model: nn.Module) -> None:
         if heads:
             raise CheckpointError(f"not a 4-level (P6) YOLO-Pose checkpoint: its head is layer model.{heads[0]}, "
                                   f"YOLO-Pose's is model.{HEAD}")
-        from bupose.methods.dekr.convert import looks_official
+        from bupose.methods import method_label, official_method_of
 
-        what = "a DEKR (hrnet_dekr) checkpoint" if looks_official(dict(sd)) else "not a YOLO-Pose checkpoint"
+        other = official_method_of(sd)  # another method's official checkpoint is named (bupose.methods' hook)
+        what = f"a {method_label(other)} checkpoint" if other else "not a YOLO-Pose checkpoint"
         raise CheckpointError(f"{what}: it lacks model.{HEAD}.m.0.weight (the YOLO-Pose head); its keys: "
-                              f"{_shorten(sd, 5)}")
+                              f"{shorten_keys(sd, 5)}")
     if _kpt_final_key(sd) is None:
         raise CheckpointError(f"a YOLO detection checkpoint without a keypoint head (no model.{HEAD}.m_kpt.* keys)")
     ours = model.state_dict()
@@ -309,7 +306,7 @@ def check_compatible(sd: Mapping, model: nn.Module) -> None:
                  f"the model" for i in range(HEAD) if _num_blocks(sd, i) != _num_blocks(ours, i)]
         hint = f" -- a different depth (MODEL.SPEC.DEPTH_MULTIPLE): {depth[0]}" if depth else ""
         raise CheckpointError(f"checkpoint and model differ in architecture{hint}; missing keys: "
-                              f"{_shorten(missing)}; unexpected keys: {_shorten(unexpected)}")
+                              f"{shorten_keys(missing, 6)}; unexpected keys: {shorten_keys(unexpected, 6)}")
     for k, v in sd.items():
         if v.shape != ours[k].shape:
             hint = ""
@@ -340,7 +337,7 @@ def official_to_bupose(checkpoint, model: nn.Module | None = None) -> dict[str, 
         check_compatible(sd, getattr(model, "module", model))
     elif f"model.{HEAD}.m.0.weight" not in sd:
         raise CheckpointError(f"not a YOLO-Pose checkpoint: it lacks model.{HEAD}.m.0.weight; its keys: "
-                              f"{_shorten(sd, 5)}")
+                              f"{shorten_keys(sd, 5)}")
     return sd
 
 

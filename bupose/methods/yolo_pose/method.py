@@ -9,6 +9,7 @@ from bupose.methods.base import SeededTrainingSet, keypoint_spec
 from bupose.data.build import prepare_dataset
 from bupose.data.pipelines import HSV, LetterboxTrain
 from bupose.errors import ConfigError
+from bupose.methods.yolo_pose.convert import SIGNATURE_KEYS, read_pickled_checkpoint
 from bupose.methods.yolo_pose.decode import YOLOPoseDecoder, to_yolo_tensor
 from bupose.methods.yolo_pose.loss import YOLOPoseLoss
 from bupose.methods.yolo_pose.model import YOLOPose, build_yolo_pose
@@ -71,6 +72,10 @@ class YOLOPoseMethod:
     """``MODEL.NAME: yolo_pose``."""
 
     name = "yolo_pose"
+    title = "YOLO-Pose"
+    # the checkpoint hook (bupose.methods): official checkpoints' keys, the reader of official pickled files
+    official_keys = SIGNATURE_KEYS
+    read_pickled_checkpoint = staticmethod(read_pickled_checkpoint)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -89,7 +94,7 @@ class YOLOPoseMethod:
         return tuple(self._template.strides)
 
     def build_model(self) -> YOLOPose:
-        return build_yolo_pose(self.cfg.MODEL.SPEC, self.spec.num_keypoints)  # tags itself for load_checkpoint
+        return build_yolo_pose(self.cfg.MODEL.SPEC, self.spec.num_keypoints)
 
     def train_dataset(self) -> YOLOPoseTrainingSet:
         d, c = self.cfg.DATASET, self.cfg

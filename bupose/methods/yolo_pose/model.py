@@ -384,7 +384,7 @@ class YOLOPose(nn.Module):
                 module.fuse()
         return self
 
-    # -- checkpoints / config -----------------------------------------------------------------------------------
+    # -- the checkpoint hook (see bupose.methods) / config -------------------------------------------------------
     method_name = "yolo_pose"
 
     def convert_checkpoint(self, checkpoint) -> dict[str, torch.Tensor]:
