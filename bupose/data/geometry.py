@@ -18,7 +18,10 @@ Conventions
 * :func:`compose` takes matrices **in the order they are applied**: ``compose(a, b)`` first applies ``a``, then
   ``b`` (that is ``b @ a`` in homogeneous form).
 * **Horizontal flip** of an image of width ``W`` maps ``x -> W - 1 - x`` (:func:`flip_matrix`); left/right keypoints
-  are then swapped with a :class:`~bupose.data.keypoints.KeypointSpec`'s ``flip_index``.
+  are then swapped with a :class:`~bupose.data.keypoints.KeypointSpec`'s ``flip_index``. The flip helpers here
+  (:func:`hflip_points`, :func:`hflip_keypoints`, :func:`hflip_boxes`, :func:`swap_keypoints`) are the one
+  implementation of the mirror and the swap, for numpy arrays and torch tensors; test-time flipping (mirrored
+  network inputs, flip-back of dense maps and of decoded poses) builds on them in :mod:`bupose.inference.flip`.
 * **Inside**: a point is inside an image of size ``(W, H)`` when it lies in the image area, ``-0.5 <= x <= W - 0.5``
   and ``-0.5 <= y <= H - 0.5`` (:func:`inside`). Boxes are clipped to the same area (:func:`clip_boxes`). This closed
   interval maps onto itself under a flip.
@@ -54,6 +57,7 @@ from typing import Sequence, Union
 
 import cv2
 import numpy as np
+import torch
 
 SizeLike = Union[int, float, Sequence[float]]
 MODES = ("area", "udp")
@@ -61,10 +65,10 @@ STRIDE_MODES = ("area", "udp", "corner")
 
 __all__ = [
     "MODES", "as_matrix", "to_homogeneous", "identity", "compose", "invert", "translation_matrix", "scale_matrix",
-    "rotation_matrix", "shear_matrix", "flip_matrix", "crop_matrix", "resize_matrix", "stride_matrix",
-    "letterbox_matrix", "matrix_scale", "warp_points", "warp_keypoints", "warp_boxes", "inside", "clip_boxes",
-    "warp_image", "warp_mask", "hflip_image", "hflip_points", "hflip_keypoints", "hflip_boxes", "swap_keypoints",
-    "boxes_from_keypoints", "antialias_sigma",
+    "rotation_matrix", "shear_matrix", "flip_matrix", "crop_matrix", "center_crop_matrix", "resize_matrix",
+    "stride_matrix", "letterbox_matrix", "matrix_scale", "warp_points", "warp_keypoints", "warp_boxes", "inside",
+    "clip_boxes", "warp_image", "warp_mask", "hflip_image", "hflip_points", "hflip_keypoints", "hflip_boxes",
+    "swap_keypoints", "boxes_from_keypoints", "antialias_sigma",
 ]
 
 
@@ -191,6 +195,42 @@ def crop_matrix(center, size: SizeLike, output_size: SizeLike, rotation: float =
     cx, cy = center
     return compose(translation_matrix(-cx, -cy), rotation_matrix(rotation), scale_matrix(sx, sy),
                    translation_matrix((ow - 1.0) / 2.0 + translate[0], (oh - 1.0) / 2.0 + translate[1]))
+
+
+def center_crop_matrix(center, src_width: float, output_size: SizeLike, rotation: float = 0.0,
+                       inverse: bool = False) -> np.ndarray:
+    """The classic top-down crop of SimpleBaseline / HRNet (Xiao et al., ECCV 2018; Sun et al., CVPR 2019), their
+    ``get_affine_transform``: ``center`` maps onto ``(w_out / 2, h_out / 2)`` (not the pixel-centre middle
+    ``(w_out - 1) / 2`` of :func:`crop_matrix`; UDP removes that half-pixel shift), the content is rotated by
+    ``rotation`` degrees about it (positive: counter-clockwise as displayed, as :func:`rotation_matrix`) and scaled
+    by ``w_out / src_width`` along both axes.
+
+    Solved as the official code does, from three float32 point pairs with ``cv2.getAffineTransform``, so that crops
+    and mapped-back keypoints agree with the official models' test path bit for bit.
+
+    Args:
+        center: ``(x, y)`` in source pixels. src_width: the source extent that fills the output width.
+        output_size: ``(width, height)`` of the output (or a number for a square).
+        inverse: return the output -> source matrix, solved from the same points (not inverted).
+    Returns:
+        ``(2, 3)`` float64 matrix, source -> output (output -> source with ``inverse``).
+    """
+    ow, oh = _size2(output_size, "output_size")
+    c = np.asarray(center, dtype=np.float32).reshape(2)
+    half = np.float32(src_width) * np.float32(-0.5)
+    a = np.pi * rotation / 180
+    sn, cs = float(np.sin(a)), float(np.cos(a))
+    src = np.zeros((3, 2), np.float32)
+    dst = np.zeros((3, 2), np.float32)
+    src[0] = c
+    src[1] = c.astype(np.float64) + (-float(half) * sn, float(half) * cs)
+    dst[0] = (ow * 0.5, oh * 0.5)
+    dst[1] = (ow * 0.5, oh * 0.5 - ow * 0.5)
+    for pts in (src, dst):  # the third point: the second turned by 90 degrees about the first, in float32
+        d = pts[0] - pts[1]
+        pts[2] = pts[1] + np.array([-d[1], d[0]], np.float32)
+    m = cv2.getAffineTransform(dst, src) if inverse else cv2.getAffineTransform(src, dst)
+    return m.astype(np.float64)
 
 
 def resize_matrix(src_size: SizeLike, dst_size: SizeLike, mode: str = "area") -> np.ndarray:
@@ -420,39 +460,63 @@ def _flip_index(flip_index) -> np.ndarray:
     return np.asarray(fi, dtype=np.int64)
 
 
+def _float_copy(a):
+    """A float copy of a numpy array or a torch tensor (integers become float64)."""
+    if torch.is_tensor(a):
+        return a.clone() if a.is_floating_point() else a.to(torch.float64)
+    return np.array(a, dtype=_float_like(np.asarray(a)), copy=True)
+
+
+def _mirror_axis(width: float, pixel_centre: float) -> float:
+    """``c`` of the mirror ``x -> c - x`` of an image of ``width`` whose pixel 0 is centred at ``pixel_centre``."""
+    return width - 1 + 2 * pixel_centre
+
+
 def hflip_image(image: np.ndarray) -> np.ndarray:
     """Mirror an image ``(H, W, ...)`` left-right (``x -> W - 1 - x``); returns a contiguous copy."""
     return np.ascontiguousarray(image[:, ::-1])
 
 
-def hflip_points(points, width: int) -> np.ndarray:
-    """Mirror points ``(..., 2)`` (or ``(..., >=2)``; only ``x`` changes) in an image of ``width``."""
-    p = np.array(points, dtype=_float_like(np.asarray(points)), copy=True)
-    p[..., 0] = width - 1 - p[..., 0]
+def hflip_points(points, width: int, pixel_centre: float = 0.0):
+    """Mirror points ``(..., 2)`` (or ``(..., >=2)``; only ``x`` changes) in an image of ``width``.
+
+    ``x -> W - 1 - x`` in bupose's convention (``pixel_centre=0``: pixel centres at integers). Coordinates whose
+    pixel ``j`` is centred at ``j + pixel_centre`` mirror as ``x -> W - 1 + 2 pixel_centre - x``; e.g. ``0.5`` (pixel
+    corners at integers, YOLO's decoded grid) gives ``x -> W - x``. Works on numpy arrays and torch tensors alike
+    and returns a new float array / tensor of the same kind (integers become float64).
+    """
+    p = _float_copy(points)
+    p[..., 0] = _mirror_axis(width, pixel_centre) - p[..., 0]
     return p
 
 
-def swap_keypoints(keypoints, flip_index) -> np.ndarray:
-    """Reorder the keypoint axis ``(..., K, 3)`` left <-> right: ``out[..., k, :] = in[..., flip_index[k], :]``.
+def swap_keypoints(keypoints, flip_index):
+    """Reorder the keypoint axis ``(..., K, D)`` left <-> right: ``out[..., k, :] = in[..., flip_index[k], :]``.
 
-    ``flip_index`` is a :class:`~bupose.data.keypoints.KeypointSpec` or its ``flip_index`` sequence.
+    ``flip_index`` is a :class:`~bupose.data.keypoints.KeypointSpec` or its ``flip_index`` sequence. ``keypoints``
+    is a numpy array or a torch tensor; returns a new one of the same kind.
     """
-    k = np.asarray(keypoints)
     fi = _flip_index(flip_index)
-    if k.ndim < 2 or k.shape[-2] != len(fi):
-        raise ValueError(f"keypoints {k.shape} do not match a flip_index of {len(fi)} keypoints")
-    return k[..., fi, :].copy()
+    shape = tuple(keypoints.shape) if torch.is_tensor(keypoints) else np.shape(keypoints)
+    if len(shape) < 2 or shape[-2] != len(fi):
+        raise ValueError(f"keypoints {shape} do not match a flip_index of {len(fi)} keypoints")
+    if torch.is_tensor(keypoints):
+        return keypoints[..., torch.as_tensor(fi, device=keypoints.device), :]
+    return np.asarray(keypoints)[..., fi, :].copy()
 
 
-def hflip_keypoints(keypoints, width: int, flip_index) -> np.ndarray:
-    """Mirror keypoints ``(..., K, 3)`` in an image of ``width`` and swap left/right with ``flip_index``."""
-    return swap_keypoints(hflip_points(keypoints, width), flip_index)
+def hflip_keypoints(keypoints, width: int, flip_index, pixel_centre: float = 0.0):
+    """Mirror keypoints ``(..., K, D)`` (``D >= 2``; x first) in an image of ``width`` (:func:`hflip_points`) and
+    swap left/right with ``flip_index`` (:func:`swap_keypoints`). Numpy arrays or torch tensors."""
+    return swap_keypoints(hflip_points(keypoints, width, pixel_centre), flip_index)
 
 
-def hflip_boxes(boxes, width: int) -> np.ndarray:
-    """Mirror ``xyxy`` boxes ``(N, 4)`` in an image of ``width`` (``x1' = W - 1 - x2``, ``x2' = W - 1 - x1``)."""
-    b = np.asarray(boxes)
-    out = np.array(b, dtype=_float_like(b), copy=True)
-    out[:, 0] = width - 1 - b[:, 2]
-    out[:, 2] = width - 1 - b[:, 0]
+def hflip_boxes(boxes, width: int, pixel_centre: float = 0.0):
+    """Mirror ``xyxy`` boxes ``(N, 4)`` in an image of ``width``: ``x1' = W - 1 - x2``, ``x2' = W - 1 - x1`` (with
+    ``pixel_centre`` as in :func:`hflip_points`). Numpy arrays or torch tensors."""
+    b = boxes if torch.is_tensor(boxes) else np.asarray(boxes)
+    out = _float_copy(b)
+    c = _mirror_axis(width, pixel_centre)
+    out[:, 0] = c - b[:, 2]
+    out[:, 2] = c - b[:, 0]
     return out

@@ -16,7 +16,7 @@ As officially:
 * **multi-scale**: the people of all scales are pooled and merged by CenterNet's Gaussian soft-NMS (sigma 0.5) on the
   boxes of their keypoints (``nms="soft"``); a single scale gets no NMS (the centre max-pool is the NMS).
 
-Flip (``flip``):
+Flip (``flip``; the mirror and flip-back by :mod:`bupose.inference.flip`):
 
 * ``"official"``: the centre heatmap is averaged with the mirrored pass's, mirrored back on the output grid; the
   keypoints come from the un-mirrored pass only (the official test; its grid mirror is 3 input pixels off the
@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from bupose.data import geometry as G
 from bupose.errors import DataError
+from bupose.inference.flip import flip_back_maps, flip_back_points, flip_back_poses, flip_input
 from bupose.inference.nms import oks_nms, soft_nms
 from bupose.inference.people import People
 
@@ -167,14 +168,14 @@ class AdaptivePoseDecoder:
         return AdaptivePoseView(to_centernet_tensor(resized)[None], m, size)
 
     def flip_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flip(x, [3])
+        return flip_input(x)
 
     def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: AdaptivePoseView,
                   scale: float) -> None:
         center = outputs["center"][0, 0].float().sigmoid().cpu()
         offset = outputs["offset"][0].float().cpu()
         if flipped is not None and self.flip == "official":
-            center = (center + torch.flip(flipped["center"][0, 0].float().sigmoid().cpu(), [1])) / 2
+            center = (center + flip_back_maps(flipped["center"])[0, 0].float().sigmoid().cpu()) / 2
             flipped = None
         scores, kps, centres = self._pass(center, offset, view, mirrored=False)
         state["scales"] += 1
@@ -212,9 +213,8 @@ class AdaptivePoseDecoder:
         kps = kps.double() * self.output_stride  # input pixels
         centres = cells.double() * self.output_stride
         if mirrored:
-            kps = kps[:, self.flip_index]
-            kps[..., 0] = view.size[0] - 1 - kps[..., 0]
-            centres[:, 0] = view.size[0] - 1 - centres[:, 0]
+            kps = flip_back_poses(kps, view.size[0], self.flip_index)
+            centres = flip_back_points(centres, view.size[0])
         inv = torch.as_tensor(G.invert(view.matrix), dtype=torch.float64)
         kps = kps @ inv[:, :2].T + inv[:, 2]
         return scores.double(), kps, centres

@@ -6,7 +6,8 @@ Reproduced on purpose so that official weights give the official poses:
 * resizing: the short side becomes ``input_size * scale`` and the long side ``ceil64(input_size * long / short)
   * scale``, the image centred by an affine warp (:func:`dekr_resize`);
 * the mirrored input is shifted 3 pixels left (``x[..., :-3] = x[..., 3:]``) before the forward pass, which aligns
-  it with the stride-4 grid; the outputs are mirrored back, keypoint channels swapped, x mirrored as ``w - 1 - x``;
+  it with the stride-4 grid; the outputs are mirrored back, keypoint channels swapped, x mirrored as ``w - 1 - x``
+  (all through :mod:`bupose.inference.flip`);
 * per scale: heatmaps and regressed pose maps of the two passes are averaged; heatmaps are upsampled to the scale-1
   input resolution and summed; centres are local maxima (max-pool kernel 3/5/7 chosen by the map size), top
   ``max_people`` above ``keypoint_threshold``, their poses scaled to the scale-1 input;
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bupose.data.pipelines import to_tensor
+from bupose.inference.flip import flip_back_maps, flip_back_poses, flip_input
 from bupose.inference.nms import dekr_pose_nms
 from bupose.inference.people import People
 
@@ -91,10 +93,9 @@ def pose_map(offset: torch.Tensor, flip_index: Sequence[int] | None = None) -> t
     _, c, h, w = offset.shape
     poses = offsets_to_poses(offset)
     if flip_index is not None:
-        poses = poses[:, list(flip_index), :]
-        poses[:, :, 0] = w - poses[:, :, 0] - 1
+        poses = flip_back_poses(poses, w, flip_index)
     out = poses.reshape(h * w, c).permute(1, 0).reshape(1, c, h, w)
-    return torch.flip(out, [3]) if flip_index is not None else out
+    return flip_back_maps(out) if flip_index is not None else out
 
 
 class DEKRDecoder:
@@ -144,16 +145,13 @@ class DEKRDecoder:
         return DEKRView(to_tensor(resized)[None], size, center, src_width)
 
     def flip_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flip(x, [3])
-        if self.flip_shift:
-            x[:, :, :, :-self.flip_shift] = x[:, :, :, self.flip_shift:].clone()
-        return x
+        return flip_input(x, shift=self.flip_shift)
 
     def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: DEKRView, scale: float) -> None:
         heatmap, posemap = outputs["heatmap"], pose_map(outputs["offset"])
         if flipped is not None:
             heat_index = self.flip_index + [self.num_joints]  # the centre channel stays
-            heatmap = (heatmap + torch.flip(flipped["heatmap"], [3])[:, heat_index]) / 2.0
+            heatmap = (heatmap + flip_back_maps(flipped["heatmap"], heat_index)) / 2.0
             posemap = (posemap + pose_map(flipped["offset"], self.flip_index)) / 2.0
         reverse_scale = self.output_stride / scale
         h, w = heatmap.shape[2:]

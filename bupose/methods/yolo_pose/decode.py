@@ -10,10 +10,10 @@ pixels have centres at integers, so ``0.5`` is subtracted before mapping back to
 
 Test-time augmentation is per instance (the shared engine, :mod:`bupose.inference.tta`): every pass -- each scale,
 and the mirrored image -- is decoded, its candidates above the confidence threshold are mapped to image pixels (the
-mirrored ones un-mirrored, ``x -> W - 1 - x`` in the input, and their left/right keypoints swapped) and pooled;
-:meth:`YOLOPoseDecoder.finish` runs one NMS over the pool. Neither the official code (its TTA de-scales only boxes
-and averages flipped anchors without mirroring or swapping keypoints) nor Ultralytics (no pose TTA) has a working
-pose TTA.
+mirrored ones un-mirrored, ``x -> W - 1 - x`` in the input, and their left/right keypoints swapped, by
+:mod:`bupose.inference.flip`) and pooled; :meth:`YOLOPoseDecoder.finish` runs one NMS over the pool. Neither the
+official code (its TTA de-scales only boxes and averages flipped anchors without mirroring or swapping keypoints)
+nor Ultralytics (no pose TTA) has a working pose TTA.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 import torchvision
 
 from bupose.data import geometry as G
+from bupose.inference.flip import flip_back_boxes, flip_back_poses, flip_input
 from bupose.inference.nms import oks_nms
 from bupose.inference.people import People
 
@@ -155,7 +156,7 @@ class YOLOPoseDecoder:
         return LetterboxView(to_yolo_tensor(img)[None], out_size, to_image, (-0.5, -0.5, w0 - 0.5, h0 - 0.5))
 
     def flip_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flip(x, [3])
+        return flip_input(x)
 
     def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: LetterboxView, scale: float) -> None:
         state["bounds"] = view.bounds
@@ -196,16 +197,12 @@ class YOLOPoseDecoder:
         pred, conf = pred[sel].cpu(), conf[sel].cpu()  # only the candidates leave the device
         xy, wh = pred[:, 0:2], pred[:, 2:4]
         kps = pred[:, k0:].reshape(-1, k, 3).clone()
-        x1, x2 = xy[:, 0] - wh[:, 0] / 2, xy[:, 0] + wh[:, 0] / 2
-        y1, y2 = xy[:, 1] - wh[:, 1] / 2, xy[:, 1] + wh[:, 1] / 2
+        boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1)  # (N, 4) xyxy
         if mirrored:  # on the official grid a mirror is x -> W - x (pixel centres at +0.5)
-            w_in = view.size[0]
-            x1, x2 = w_in - x2, w_in - x1
-            kps = kps[:, self.flip_index]
-            kps[..., 0] = w_in - kps[..., 0]
+            boxes = flip_back_boxes(boxes, view.size[0], pixel_centre=0.5)
+            kps = flip_back_poses(kps, view.size[0], self.flip_index, pixel_centre=0.5)
         m = torch.as_tensor(view.to_image, dtype=torch.float32)
-        corners = torch.stack([torch.stack([x1, y1], 1), torch.stack([x2, y2], 1)], 1)  # (N, 2, 2)
-        corners = corners @ m[:, :2].T + m[:, 2]
+        corners = boxes.view(-1, 2, 2) @ m[:, :2].T + m[:, 2]  # (N, 2, 2): the two corners
         kps[..., :2] = kps[..., :2] @ m[:, :2].T + m[:, 2]
         return torch.cat([corners.reshape(-1, 4), conf[:, None], kps.reshape(-1, 3 * k)], 1)
 
