@@ -29,6 +29,9 @@ FINAL_KEYS = {"official": "final_layer.weight", "mmpose0": "keypoint_head.final_
               "bupose": "head.final_layer.weight"}
 #: keys every official deep-high-resolution-net state_dict has (stem and the final convolution)
 SIGNATURE_KEYS = ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "final_layer.weight")
+#: keys of every official top-down HRNet / SimpleBaseline state_dict (for the method classes' ``official_keys``)
+HRNET_SIGNATURE_KEYS = SIGNATURE_KEYS + ("stage4.0.branches.0.0.conv1.weight",)
+RESNET_SIGNATURE_KEYS = SIGNATURE_KEYS + ("layer4.0.conv1.weight", "deconv_layers.0.weight")
 _HEAD_PREFIXES = ("deconv_layers.", "final_layer.")
 _CLASSIFIER_KEYS = ("fc.weight", "classifier.weight")
 
