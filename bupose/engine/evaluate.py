@@ -15,11 +15,13 @@ def predict_split(cfg, model, split: str, progress: bool = True, limit: int = 0)
     """COCO results for every image of ``split`` (at most ``limit`` images when > 0) and the reader."""
     reader = prepare_dataset(cfg, split, min_people=0)
     predictor = Predictor(cfg, model)
+    # top-down methods: the person boxes of each image (ground truth, a detection file or a detector model)
+    boxes = predictor.method.box_source(reader) if hasattr(predictor.method, "box_source") else None
     n = min(len(reader), limit) if limit else len(reader)
     results: list[dict] = []
     for i in tqdm(range(n), desc=f"test {split}", disable=not progress, leave=False):
         image = reader.load_image(i)
-        people = predictor.people(image)
+        people = predictor.people(image, boxes(reader.image_ids[i], image) if boxes is not None else None)
         results += people_to_results(reader.image_ids[i], people.keypoints, people.scores)
     return results, reader
 

@@ -121,3 +121,62 @@ def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, sigma: float = 0.5, scor
         scores = torch.where(hit, scores * decay, scores)
         alive &= ~(hit & (scores < score_threshold))
     return torch.tensor(keep, dtype=torch.long, device=scores.device), scores
+
+
+def pairwise_oks_mean_area(poses: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,
+                           in_vis_thre: float | None = None) -> torch.Tensor:
+    """``(N, N)`` OKS as the official top-down HRNet / SimpleBaseline ``oks_iou``: between poses ``i`` and ``j`` the
+    scale is the mean of their areas, ``exp(-d^2 / (2 (2 sigma)^2 ((a_i + a_j) / 2 + eps)))`` averaged over the
+    keypoints; with ``in_vis_thre`` only over the keypoints of pose ``j`` (the column) scoring above it (0 when
+    none; the official ``list(vg > t) and list(vd > t)`` keeps ``vd``'s mask). Symmetric without ``in_vis_thre``.
+
+    Args:
+        poses: ``(N, K, 3)`` x, y, score. areas: ``(N,)`` (the official: crop box area ``s_w * s_h``). sigmas: ``(K,)``.
+    """
+    var = (2 * sigmas.to(poses.dtype)) ** 2
+    d2 = ((poses[:, None, :, :2] - poses[None, :, :, :2]) ** 2).sum(-1)  # (N, N, K)
+    scale = (areas[:, None] + areas[None, :]) / 2 + torch.finfo(torch.float64).eps
+    e = torch.exp(-d2 / var / scale[..., None].to(poses.dtype) / 2)
+    if in_vis_thre is None:
+        return e.mean(-1)
+    w = (poses[:, :, 2] > in_vis_thre).to(poses.dtype)[None, :, :].expand_as(e)
+    n = w.sum(-1)
+    return torch.where(n > 0, (e * w).sum(-1) / n.clamp(min=1), torch.zeros_like(n))
+
+
+def oks_nms_mean_area(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,
+                      threshold: float, in_vis_thre: float | None = None) -> torch.Tensor:
+    """The official top-down ``oks_nms``: in descending score order, keep a pose and drop every remaining one whose
+    :func:`pairwise_oks_mean_area` with it exceeds ``threshold``. Returns the kept indices, best first."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    if order.numel() == 0:
+        return order
+    oks = pairwise_oks_mean_area(poses[order], areas[order], sigmas, in_vis_thre)
+    alive = torch.ones(order.numel(), dtype=torch.bool, device=poses.device)
+    keep = []
+    for i in range(order.numel()):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        alive &= oks[i] <= threshold
+    return order[torch.tensor(keep, dtype=torch.long, device=poses.device)]
+
+
+def soft_oks_nms_mean_area(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,
+                           threshold: float, max_dets: int = 20, in_vis_thre: float | None = None) -> torch.Tensor:
+    """The official top-down ``soft_oks_nms``: repeatedly keep the best-scored remaining pose and decay the scores
+    of the rest by ``exp(-oks^2 / threshold)`` (:func:`pairwise_oks_mean_area` with it), at most ``max_dets`` (20)
+    poses. Returns the kept indices in the order taken; the decayed scores only order the selection."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    if order.numel() == 0:
+        return order
+    oks = pairwise_oks_mean_area(poses, areas, sigmas, in_vis_thre)
+    current = scores[order].to(torch.float64)
+    keep = []
+    while order.numel() > 0 and len(keep) < max_dets:
+        i = order[0]
+        keep.append(int(i))
+        order, current = order[1:], current[1:] * torch.exp(-oks[i, order[1:]].to(torch.float64) ** 2 / threshold)
+        resort = torch.argsort(current, descending=True, stable=True)
+        order, current = order[resort], current[resort]
+    return torch.tensor(keep, dtype=torch.long, device=poses.device)

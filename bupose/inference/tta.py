@@ -9,13 +9,15 @@ The contract a method's decoder fulfils (see :class:`bupose.methods.dekr.decode.
 
     decoder.bind(model)                                  # optional: read what decoding needs from the model
     state = decoder.begin(image, scales)                 # image: (H, W, 3) uint8 BGR
+    state = decoder.begin(image, scales, boxes=boxes)    # top-down: the image's person boxes
     view = decoder.prepare(image, scale)                 # view.tensor: (1, 3, h, w) network input
     flipped = decoder.flip_input(view.tensor)            # the mirrored input
     decoder.add_scale(state, outputs, flipped_outputs_or_None, view, scale)
     people = decoder.finish(state)                       # People in image pixels
 
 Dense methods (DEKR) average maps inside ``add_scale``; per-instance methods decode each pass there, map the poses
-to image coordinates and pool them for an NMS in ``finish``.
+to image coordinates and pool them for an NMS in ``finish``. Top-down methods get the image's person boxes at
+``begin`` and return a batch of crops from ``prepare``; a pass with an empty batch (no boxes) is not run.
 """
 from __future__ import annotations
 
@@ -46,12 +48,18 @@ class TestTimeAugmentation:
         self.device = torch.device(device)
 
     @torch.no_grad()
-    def __call__(self, model: torch.nn.Module, decoder, image: np.ndarray) -> People:
+    def __call__(self, model: torch.nn.Module, decoder, image: np.ndarray, boxes=None) -> People:
+        """The people in ``image``; ``boxes`` (top-down methods: the image's person boxes) go to ``begin``."""
         if hasattr(decoder, "bind"):
             decoder.bind(model)
-        state = decoder.begin(image, self.scales)
+        if boxes is None:
+            state = decoder.begin(image, self.scales)
+        else:
+            state = decoder.begin(image, self.scales, boxes=boxes)
         for scale in self.scales:
             view = decoder.prepare(image, scale)
+            if view.tensor.shape[0] == 0:
+                continue
             x = view.tensor.to(self.device)
             outputs = model(x)
             flipped = model(decoder.flip_input(x)) if self.flip else None
