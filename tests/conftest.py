@@ -125,3 +125,41 @@ def subprocess_env(**extra) -> dict:
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+# --- tiny top-down runs on the same synthetic dataset -----------------------------------------------------------
+def tiny_topdown_yaml_text(root: Path) -> str:
+    """An experiment file for a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block) on the
+    synthetic CrowdPose-layout dataset under ``root``: 64x48 crops, CPU, no data workers, no validation, 2 epochs of
+    batch 8, ground-truth boxes at test."""
+    base = (REPO / "experiments" / "synthetic" / "topdown_hrnet_simple_128x96.yaml").as_posix()
+    return f"""\
+_BASE_: {base}
+OUTPUT_DIR: {(root / "output").as_posix()}
+WORKERS: 0
+DEVICE: cpu
+DATASET:
+  DATASET: synthetic_crowdpose
+  ROOT: {root.as_posix()}
+  SYNTHETIC_TRAIN_IMAGES: {TINY_NUM_TRAIN}
+  SYNTHETIC_VAL_IMAGES: {TINY_NUM_VAL}
+MODEL:
+  IMAGE_SIZE: [48, 64]
+  HEATMAP_SIZE: [12, 16]
+  SPEC:
+    STAGE2: {{NUM_BLOCKS: [1, 1], NUM_CHANNELS: [4, 8]}}
+    STAGE3: {{NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [4, 8, 16]}}
+    STAGE4: {{NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [4, 8, 16, 32]}}
+TRAIN:
+  END_EPOCH: 2
+  IMAGES_PER_GPU: 8
+  VAL_FREQ: 0
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_topdown_yaml(synthetic_root) -> Path:
+    """The tiny top-down experiment file (see :func:`tiny_topdown_yaml_text`), data under :func:`synthetic_root`."""
+    path = synthetic_root / "topdown_tiny_test.yaml"
+    path.write_text(tiny_topdown_yaml_text(synthetic_root), encoding="utf-8")
+    return path

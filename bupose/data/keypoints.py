@@ -27,6 +27,9 @@ class KeypointSpec:
         flip_index: length K; an involution (``flip_index[flip_index[k]] == k``).
         sigmas: OKS per-keypoint constants (the COCO ``kpt_oks_sigmas``), length K.
         skeleton: 0-based pairs of keypoint indices drawn as limbs.
+        upper_body_ids: indices of the upper body (head, arms, shoulders) for top-down half-body augmentation;
+            empty: the layout has no half-body split (the augmentation is skipped).
+        lower_body_ids: indices of the lower body (hips, legs); disjoint from ``upper_body_ids``.
     """
 
     name: str
@@ -36,6 +39,8 @@ class KeypointSpec:
     skeleton: tuple[tuple[int, int], ...]
     keypoint_colors: tuple[tuple[int, int, int], ...] = field(default=())
     limb_colors: tuple[tuple[int, int, int], ...] = field(default=())
+    upper_body_ids: tuple[int, ...] = field(default=())
+    lower_body_ids: tuple[int, ...] = field(default=())
 
     def __post_init__(self):
         k = len(self.names)
@@ -50,6 +55,11 @@ class KeypointSpec:
         for a, b in self.skeleton:
             if not (0 <= a < k and 0 <= b < k):
                 raise ValueError(f"KeypointSpec {self.name!r}: skeleton edge ({a}, {b}) out of range 0..{k - 1}")
+        body = set(self.upper_body_ids) | set(self.lower_body_ids)
+        if body and (len(body) != len(self.upper_body_ids) + len(self.lower_body_ids) or min(body) < 0
+                     or max(body) >= k):
+            raise ValueError(f"KeypointSpec {self.name!r}: upper_body_ids and lower_body_ids must be disjoint "
+                             f"indices in 0..{k - 1}")
         if not self.keypoint_colors:
             object.__setattr__(self, "keypoint_colors", tuple(_side_color(n) for n in self.names))
         if not self.limb_colors:
@@ -87,6 +97,8 @@ COCO17 = KeypointSpec(
                                     .89, .89)),
     skeleton=((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
               (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6)),
+    upper_body_ids=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10),  # face, shoulders, elbows, wrists (as the official HRNet)
+    lower_body_ids=(11, 12, 13, 14, 15, 16),  # hips, knees, ankles
 )
 
 CROWDPOSE14 = KeypointSpec(
@@ -97,6 +109,8 @@ CROWDPOSE14 = KeypointSpec(
     sigmas=tuple(s / 10.0 for s in (.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79)),
     skeleton=((12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (0, 6), (1, 7), (6, 7), (6, 8), (8, 10),
               (7, 9), (9, 11)),
+    upper_body_ids=(0, 1, 2, 3, 4, 5, 12, 13),  # shoulders, elbows, wrists, head, neck (as mmpose's CrowdPose)
+    lower_body_ids=(6, 7, 8, 9, 10, 11),  # hips, knees, ankles
 )
 
 # OCHuman is annotated in the COCO-17 layout.

@@ -143,8 +143,11 @@ class Trainer:
         model = self.method.build_model().to(device)
         if self.distributed and cfg.TRAIN.SYNC_BN and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.MODEL.PRETRAINED:
-            load_pretrained(model, cfg.MODEL.PRETRAINED, cfg.MODEL.SPEC.get("PRETRAINED_LAYERS", ["*"]))
+        if cfg.MODEL.PRETRAINED:  # a method's own loader (e.g. backbone-only ImageNet weights) where it has one
+            if hasattr(self.method, "load_pretrained"):
+                self.method.load_pretrained(model, cfg.MODEL.PRETRAINED)
+            else:
+                load_pretrained(model, cfg.MODEL.PRETRAINED, cfg.MODEL.SPEC.get("PRETRAINED_LAYERS", ["*"]))
         self.model = model
         self.ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
                                                               else None) if self.distributed else model)

@@ -1,0 +1,85 @@
+"""Top-down heatmap losses: the weighted heatmap MSE of SimpleBaseline / HRNet and its online hard keypoint mining
+variant.
+
+Xiao et al., "Simple Baselines for Human Pose Estimation and Tracking", ECCV 2018; Sun et al., "Deep High-Resolution
+Representation Learning for Human Pose Estimation", CVPR 2019; OHKM from Chen et al., "Cascaded Pyramid Network for
+Multi-Person Pose Estimation", CVPR 2018.
+
+Shapes: predicted and target heatmaps ``(B, K, H, W)``; target weights ``(B, K)`` or ``(B, K, 1)`` (0 for keypoints
+that are unlabelled or whose Gaussian misses the heatmap). Both losses equal the official HRNet code
+(``JointsMSELoss`` / ``JointsOHKMMSELoss``): the weight multiplies prediction and target before the squared error
+(so it enters squared) and every term carries a factor 0.5.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def keypoint_mse(pred: torch.Tensor, target: torch.Tensor, target_weight: torch.Tensor | None) -> torch.Tensor:
+    """``0.5 * mean over the pixels of (w * (pred - target))^2`` for every sample and keypoint: ``(B, K)``."""
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"heatmaps must both be (B, K, H, W), got {tuple(pred.shape)} and {tuple(target.shape)}")
+    diff = (pred - target).flatten(2)
+    if target_weight is not None:
+        w = target_weight.reshape(pred.shape[0], pred.shape[1], 1).to(diff.dtype)
+        if target_weight.numel() != pred.shape[0] * pred.shape[1]:
+            raise ValueError(f"target_weight {tuple(target_weight.shape)} does not match heatmaps "
+                             f"{tuple(pred.shape)}: expected (B, K) or (B, K, 1)")
+        diff = diff * w
+    return 0.5 * diff.pow(2).mean(dim=2)
+
+
+class KeypointMSELoss(nn.Module):
+    """Mean over samples and keypoints of :func:`keypoint_mse`: ``forward(pred, target, target_weight) -> scalar``.
+
+    Args:
+        use_target_weight: weight each keypoint's error by its target weight (``LOSS.USE_TARGET_WEIGHT``).
+    """
+
+    def __init__(self, use_target_weight: bool = True):
+        super().__init__()
+        self.use_target_weight = use_target_weight
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, target_weight: torch.Tensor) -> torch.Tensor:
+        return keypoint_mse(pred, target, target_weight if self.use_target_weight else None).mean()
+
+
+class KeypointOHKMMSELoss(nn.Module):
+    """Online hard keypoint mining: per sample, the mean of its ``topk`` largest keypoint losses
+    (:func:`keypoint_mse`), averaged over the batch.
+
+    Args:
+        use_target_weight: as :class:`KeypointMSELoss`.
+        topk: keypoints kept per sample (``LOSS.TOPK``; at most the number of keypoints).
+    """
+
+    def __init__(self, use_target_weight: bool = True, topk: int = 8):
+        super().__init__()
+        if topk < 1:
+            raise ValueError(f"topk must be at least 1, got {topk}")
+        self.use_target_weight, self.topk = use_target_weight, topk
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, target_weight: torch.Tensor) -> torch.Tensor:
+        per_keypoint = keypoint_mse(pred, target, target_weight if self.use_target_weight else None)
+        if self.topk > per_keypoint.shape[1]:
+            raise ValueError(f"LOSS.TOPK {self.topk} is more than the {per_keypoint.shape[1]} keypoints")
+        return per_keypoint.topk(self.topk, dim=1, sorted=False).values.mean()
+
+
+class TopDownHeatmapLoss(nn.Module):
+    """The trainer's loss: ``forward(outputs, batch) -> {"loss", "heatmap_loss"}`` with ``outputs["heatmaps"]``,
+    ``batch["heatmaps"]`` ``(B, K, H, W)`` and ``batch["target_weight"]``.
+
+    Every process averages over its own (equally sized) share of the global batch, so the gradients averaged by
+    DistributedDataParallel equal those of one process holding the whole batch; ``world_size`` and ``all_reduce``
+    are accepted for the trainer's protocol and need no use.
+    """
+
+    def __init__(self, criterion: nn.Module):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, outputs: dict, batch: dict, world_size: int = 1, all_reduce=None) -> dict[str, torch.Tensor]:
+        loss = self.criterion(outputs["heatmaps"], batch["heatmaps"], batch["target_weight"])
+        return {"loss": loss, "heatmap_loss": loss.detach()}

@@ -1,0 +1,201 @@
+"""Top-down training data: one item per labelled person, cropped around the person's box with the augmentation of
+SimpleBaseline / HRNet, targets from the codec.
+
+Xiao et al., "Simple Baselines for Human Pose Estimation and Tracking", ECCV 2018; Sun et al., "Deep High-Resolution
+Representation Learning for Human Pose Estimation", CVPR 2019 (random scale, rotation, flip and the half-body crop);
+Huang et al., "The Devil is in the Details: Delving into Unbiased Data Processing for Human Pose Estimation", CVPR
+2020 (the UDP crop).
+
+Augmentation of one person, each draw from the item's generator (seeded by ``(seed, epoch, index)``, see
+:class:`~bupose.methods.base.SeededTrainingSet`), in the official order:
+
+1. half-body, with probability ``half_body_prob`` when more than ``half_body_min_keypoints`` keypoints are labelled:
+   the box becomes the labelled keypoints of one body half (upper when a standard normal draw is below 0.5, as the
+   official code, and the half has more than 2 points; else lower when it has more than 2; else upper), made to the
+   crop's aspect ratio and enlarged 1.5 times;
+2. scale: the crop extent times ``clip(1 + N(0, 1) * scale_factor, 1 - scale_factor, 1 + scale_factor)``;
+3. rotation: ``clip(N(0, 1) * rotation_factor, -2 rotation_factor, 2 rotation_factor)`` degrees, with probability
+   ``rotation_prob`` (0.6), else 0;
+4. flip with probability ``flip_prob``: the image is mirrored (``x -> W - 1 - x``, the crop centre with it) and
+   left / right keypoints swap with the KeypointSpec's ``flip_index``.
+
+The crop is one affine warp of the source image (the flip composed in) onto ``input_size``; the keypoints move by
+the same matrix, and the codec turns them into heatmaps and keypoint weights (its visibility and inside-the-heatmap
+rules). Crop conventions (:mod:`bupose.methods.topdown.crops`): the standard crop maps the centre onto
+``(w / 2, h / 2)`` with scale ``w / extent`` (the official ``get_affine_transform``), the UDP crop onto
+``((w - 1) / 2, (h - 1) / 2)`` with scale ``(w - 1) / extent``; each pairs with its codec's input -> heatmap mapping.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from bupose.data import geometry as G
+from bupose.data.keypoints import KeypointSpec
+from bupose.data.pipelines import to_tensor
+from bupose.errors import DataError
+from bupose.methods.base import SeededTrainingSet
+from bupose.methods.topdown import crops
+
+log = logging.getLogger("bupose")
+
+HALF_BODY_PADDING = 1.5  # the official half-body box enlargement
+
+
+def half_body_box(keypoints: np.ndarray, spec: KeypointSpec, aspect_ratio: float, upper_first: bool):
+    """``(center (2,), size (2,))`` of the half-body crop of one person ``(K, 3)``, or None when the chosen half has
+    fewer than 2 labelled keypoints.
+
+    ``upper_first``: prefer the upper half when it has more than 2 labelled keypoints (the official choice draws it
+    as ``randn() < 0.5``). The box encloses the half's labelled keypoints, centred on their mean, widened or
+    heightened to ``aspect_ratio`` (w / h) and enlarged :data:`HALF_BODY_PADDING` times.
+    """
+    labelled = keypoints[:, 2] > 0
+    upper_ids = np.zeros(len(keypoints), bool)
+    upper_ids[list(spec.upper_body_ids)] = True
+    upper = keypoints[labelled & upper_ids, :2]
+    lower = keypoints[labelled & ~upper_ids, :2]  # the official code: every labelled point not in the upper half
+    if upper_first and len(upper) > 2:
+        chosen = upper
+    else:
+        chosen = lower if len(lower) > 2 else upper
+    if len(chosen) < 2:
+        return None
+    center = chosen.mean(axis=0)
+    w, h = chosen.max(axis=0) - chosen.min(axis=0)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return center.astype(np.float64), np.array([w, h], np.float64) * HALF_BODY_PADDING
+
+
+class TopDownTrainingSet(SeededTrainingSet):
+    """The labelled people of a reader's first ``limit`` images (all when 0), one item each.
+
+    The index (image, person) is built once from the reader's annotations (``get_annotations``) without decoding
+    any image. Items: ``image (3, h, w)`` float32 (``h, w`` from ``input_size``), ``heatmaps (K, h', w')`` and
+    ``target_weight (K,)`` from ``codec.encode``. The image is ``/ 255`` then ImageNet mean / std normalised, in RGB
+    order with ``color_rgb`` and BGR otherwise (as the official code, and as
+    :func:`~bupose.methods.topdown.crops.crop_batch` at test time). :meth:`sample` returns the same item with the
+    crop matrix and the crop's keypoints, for inspection.
+
+    People are those of the reader (labelled keypoints) whose box, cleaned as the official code does
+    (:func:`~bupose.methods.topdown.crops.clean_box`), lies in the image and whose area is positive; the crop box is
+    :func:`~bupose.methods.topdown.crops.box_to_center_scale` of it (the input's aspect ratio, ``padding``).
+
+    Args:
+        reader: a COCO-format or YOLO reader (``get_annotations(i)``, ``load_image(i)``, ``len``).
+        spec: the keypoint layout (flip index, upper / lower body).
+        codec: a heatmap codec (``encode(keypoints (1, K, 2), visible (1, K))``), its ``input_size`` the crop size.
+        udp: crop in the UDP convention (with a UDPHeatmap codec).
+        scale_factor, rotation_factor, rotation_prob, flip_prob, half_body_prob, half_body_min_keypoints: the
+            augmentation above (``DATASET.SCALE_FACTOR``, ``ROT_FACTOR``, ``FLIP``, ``PROB_HALF_BODY``,
+            ``NUM_JOINTS_HALF_BODY``); zeros switch a step off.
+        padding: box enlargement before the crop (1.25, the official value).
+        color_rgb: network input in RGB order (``DATASET.COLOR_RGB``).
+        photometric: optional image-only augmentation ``photometric(crop, rng)`` applied to the crop.
+        seed, limit: see :class:`~bupose.methods.base.SeededTrainingSet` (``limit`` counts images).
+    """
+
+    def __init__(self, reader, *, spec: KeypointSpec, codec, udp: bool = False, scale_factor: float = 0.35,
+                 rotation_factor: float = 45.0, rotation_prob: float = 0.6, flip_prob: float = 0.5,
+                 half_body_prob: float = 0.3, half_body_min_keypoints: int = 8, padding: float = 1.25,
+                 color_rgb: bool = True, photometric=None, seed: int = 0, limit: int = 0):
+        super().__init__(reader, seed, limit)
+        self.spec, self.codec, self.udp = spec, codec, udp
+        self.input_size = tuple(int(v) for v in codec.input_size)  # (w, h)
+        self.aspect_ratio = self.input_size[0] / self.input_size[1]
+        self.scale_factor, self.rotation_factor, self.rotation_prob = scale_factor, rotation_factor, rotation_prob
+        self.flip_prob, self.half_body_prob = flip_prob, half_body_prob
+        self.half_body_min_keypoints, self.padding = half_body_min_keypoints, padding
+        self.color_rgb, self.photometric = color_rgb, photometric
+        if half_body_prob > 0 and not (spec.upper_body_ids and spec.lower_body_ids):
+            log.warning("keypoint layout %r defines no upper / lower body: no half-body augmentation", spec.name)
+            self.half_body_prob = 0.0
+        num_images = self.length
+        self.people = self._index(num_images)
+        self.length = len(self.people)
+        if not self.length:
+            raise DataError(f"{getattr(reader, 'source', reader)}: no person with labelled keypoints and a box in "
+                            f"the first {num_images} images")
+
+    def _index(self, num_images: int) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """``(image index, keypoints (K, 3) float64, box center (2,), box size (2,))`` per usable person."""
+        people = []
+        for i in range(num_images):
+            rec = self.reader.get_annotations(i)
+            for kp, box, area in zip(rec.keypoints, rec.boxes, rec.areas):
+                if not (kp[:, 2] > 0).any() or not area > 0:
+                    continue
+                xywh = np.array([box[0], box[1], box[2] - box[0], box[3] - box[1]], np.float64)
+                box = crops.clean_box(xywh, (rec.width, rec.height))
+                if box is None:
+                    continue
+                center, size = crops.box_to_center_scale(box, aspect_ratio=self.aspect_ratio, padding=self.padding)
+                people.append((i, kp.astype(np.float64), center, size))
+        return people
+
+    # --- one item ------------------------------------------------------------------------------------------
+    def augment(self, keypoints: np.ndarray, center: np.ndarray, size: np.ndarray, rng: np.random.Generator):
+        """The random draws for one person: ``(center, size, rotation, flip)`` (before any flip of the image)."""
+        if (self.half_body_prob > 0 and (keypoints[:, 2] > 0).sum() > self.half_body_min_keypoints
+                and rng.random() < self.half_body_prob):
+            half = half_body_box(keypoints, self.spec, self.aspect_ratio, upper_first=rng.standard_normal() < 0.5)
+            if half is not None:
+                center, size = half
+        sf, rf = self.scale_factor, self.rotation_factor
+        size = size * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
+        rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf)) if rng.random() <= self.rotation_prob \
+            else 0.0
+        flip = bool(rng.random() < self.flip_prob)
+        return center, size, rotation, flip
+
+    def sample(self, index: int) -> dict:
+        """Item ``index`` of the current epoch with what made it: numpy ``crop (h, w, 3)`` BGR uint8, ``keypoints
+        (K, 3)`` in crop pixels (visibilities as labelled), ``matrix`` (image -> crop), ``heatmaps``,
+        ``target_weight``, ``center`` / ``size`` (the crop box in the, possibly mirrored, image), ``rotation``,
+        ``flip`` and ``image_index``."""
+        rng = self.rng(index)
+        image_index, image, keypoints, center, size = self._person(index)
+        center, size, rotation, flip = self.augment(keypoints, center, size, rng)
+        to_image = G.identity()
+        kps = keypoints.copy()
+        if flip:  # mirror the image (as a matrix), the box centre and the keypoints, swapping left and right
+            to_image = G.flip_matrix(image.shape[1])
+            center = G.warp_points(center, to_image)
+            kps = G.swap_keypoints(G.warp_keypoints(kps, to_image), self.spec)
+        to_crop = crops.crop_matrix(center, size, self.input_size, rotation=rotation, udp=self.udp)
+        matrix = G.compose(to_image, to_crop)
+        kps[:, :2] = G.warp_points(kps[:, :2], to_crop)
+        crop = G.warp_image(image, matrix, self.input_size)
+        if self.photometric is not None:
+            crop = self.photometric(crop, rng)
+        labelled = (kps[:, 2] > 0).astype(np.float32)
+        targets = self.codec.encode(kps[None, :, :2], labelled[None])
+        return {"crop": crop, "keypoints": kps, "matrix": matrix, "heatmaps": targets["heatmaps"],
+                "target_weight": targets["keypoint_weights"][0], "center": center, "size": size,
+                "rotation": rotation, "flip": flip, "image_index": image_index}
+
+    def __getitem__(self, index: int) -> dict:
+        s = self.sample(index)
+        crop = s["crop"] if self.color_rgb else np.ascontiguousarray(s["crop"][..., ::-1])  # to_tensor swaps to RGB
+        return {"image": to_tensor(crop),
+                "heatmaps": torch.from_numpy(np.ascontiguousarray(s["heatmaps"], dtype=np.float32)),
+                "target_weight": torch.from_numpy(np.ascontiguousarray(s["target_weight"], dtype=np.float32))}
+
+    def _person(self, index: int):
+        """``(image index, image, keypoints, box centre, box size)`` of person ``index``; with the reader's
+        ``on_error="skip"``, of the first person after it whose image can be read."""
+        skip = getattr(self.reader, "on_error", "raise") == "skip"
+        for step in range(self.length):
+            image_index, keypoints, center, size = self.people[(index + step) % self.length]
+            try:
+                return image_index, self.reader.load_image(image_index), keypoints, center, size
+            except DataError as e:
+                if not skip:
+                    raise
+                log.warning("skipping a person whose image cannot be read: %s", e)
+        raise DataError(f"{getattr(self.reader, 'source', self.reader)}: no readable image")
