@@ -178,7 +178,7 @@ def test_the_crop_moves_image_and_keypoints_together_and_the_targets_peak_at_the
             kps = s["keypoints"]
             np.testing.assert_allclose(_bright_spot(s["crop"]), kps[DOT, :2], atol=1.0)
             # the keypoints moved by the returned matrix
-            image_index, original = s["image_index"], ds.people[i][1]
+            original = ds.people[i][1]
             np.testing.assert_allclose(G.warp_points(original[:, :2], s["matrix"]), kps[:, :2], atol=1e-6)
             # heatmap k peaks at keypoint k (in heatmap pixels), wherever its weight is 1
             to_heatmap = np.array([23 / 95, 31 / 127]) if udp else np.array([0.25, 0.25])

@@ -64,16 +64,27 @@ def oks_nms(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigm
     order = torch.argsort(scores, descending=True)[:max_candidates]
     if order.numel() == 0:
         return order
-    oks = pairwise_oks(poses[order], areas[order], sigmas)
-    alive = torch.ones(order.numel(), dtype=torch.bool, device=poses.device)
+    return order[greedy_keep(pairwise_oks(poses[order], areas[order], sigmas), threshold)]
+
+
+def greedy_keep(similarity: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The greedy loop of every NMS here: rows in order (best first), keep a row that is still alive and drop every
+    later one whose ``similarity`` with it (that row as reference) exceeds ``threshold``.
+
+    Args:
+        similarity: ``(N, N)``, rows and columns sorted best first.
+    Returns:
+        the kept row indices (long), ascending.
+    """
+    alive = torch.ones(similarity.shape[0], dtype=torch.bool, device=similarity.device)
     keep = []
-    for i in range(order.numel()):
+    for i in range(similarity.shape[0]):
         if not alive[i]:
             continue
         keep.append(i)
-        alive &= oks[i] <= threshold
+        alive &= similarity[i] <= threshold
         alive[i] = False
-    return order[torch.tensor(keep, dtype=torch.long, device=poses.device)]
+    return torch.tensor(keep, dtype=torch.long, device=similarity.device)
 
 
 def soft_nms(boxes: torch.Tensor, scores: torch.Tensor, sigma: float = 0.5, score_threshold: float = 0.001,
@@ -151,15 +162,7 @@ def oks_nms_mean_area(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Te
     order = torch.argsort(scores, descending=True, stable=True)
     if order.numel() == 0:
         return order
-    oks = pairwise_oks_mean_area(poses[order], areas[order], sigmas, in_vis_thre)
-    alive = torch.ones(order.numel(), dtype=torch.bool, device=poses.device)
-    keep = []
-    for i in range(order.numel()):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        alive &= oks[i] <= threshold
-    return order[torch.tensor(keep, dtype=torch.long, device=poses.device)]
+    return order[greedy_keep(pairwise_oks_mean_area(poses[order], areas[order], sigmas, in_vis_thre), threshold)]
 
 
 def soft_oks_nms_mean_area(poses: torch.Tensor, scores: torch.Tensor, areas: torch.Tensor, sigmas: torch.Tensor,

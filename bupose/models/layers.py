@@ -64,6 +64,29 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stri
     return nn.Sequential(*layers)
 
 
+INITS = ("official", "kaiming")
+
+
+def init_conv_bn(module: nn.Module, init: str = "official", keep_small=()) -> None:
+    """The HRNet family's training initialisation of every (transposed) convolution and BatchNorm in ``module``:
+    weights N(0, 0.001) with zero bias, BN (1, 0). ``init="kaiming"`` draws the convolutions He-normal (fan-out)
+    instead, except those in ``keep_small`` (the output layers, which should start near zero)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    small = {id(m) for m in keep_small}
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            if init == "kaiming" and id(m) not in small:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _downsample(inplanes: int, outplanes: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and inplanes == outplanes:
         return None

@@ -30,7 +30,7 @@ import torch.nn as nn
 from bupose.errors import ConfigError
 from bupose.models.backbones.hrnet import HRNet
 from bupose.models.layers import (BLOCKS, can_fuse, check_adaptive_impl, conv_bn_relu, fused_block, grouped_conv2d,
-                                  has_hooks, make_layer, set_adaptive_impl)
+                                  has_hooks, init_conv_bn, make_layer, set_adaptive_impl)
 
 _SPEC_FIELDS = {
     "STAGES": None, "FINAL_CONV_KERNEL": None, "PRETRAINED_LAYERS": None,
@@ -147,20 +147,7 @@ class DEKR(HRNet):
         """The official training initialisation: convs N(0, 0.001) with zero bias, BN (1, 0), and the adaptive
         blocks' transform and translation convs zero (each adaptive conv starts by sampling its centre 9 times).
         ``init="kaiming"`` draws the convs before the last ones He-normal (fan-out) instead."""
-        if init not in ("official", "kaiming"):
-            raise ValueError(f"init must be 'official' or 'kaiming', got {init!r}")
-        finals = {id(m) for m in [self.head_heatmap[-1], *self.offset_final_layer]}
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                if init == "kaiming" and id(m) not in finals:
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                else:
-                    nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, init, keep_small=[self.head_heatmap[-1], *self.offset_final_layer])
         for name, p in self.named_parameters():
             if ".transform_matrix_conv." in name or ".translation_conv." in name:
                 nn.init.zeros_(p)

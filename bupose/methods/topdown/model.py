@@ -25,8 +25,7 @@ from bupose.errors import ConfigError
 from bupose.methods.topdown.heads import DECONV_PADDING, HeatmapHead
 from bupose.models.backbones.hrnet import EXTRA_STAGES, HRNet, stages_from_extra
 from bupose.models.backbones.resnet import RESNET_LAYERS, ResNet
-
-INITS = ("official", "kaiming")
+from bupose.models.layers import INITS, init_conv_bn
 
 #: optional fields and their defaults (the official ones, plus bupose's INIT / STEM_BLOCKS / BASE_CHANNELS)
 HRNET_DEFAULTS = {"FINAL_CONV_KERNEL": 1, "PRETRAINED_LAYERS": ["*"], "STEM_INPLANES": 64, "STEM_BLOCKS": 4,
@@ -65,20 +64,8 @@ class TopDownModel(nn.Module):
     def init_weights(self, init: str = "official") -> "TopDownModel":
         """The official initialisation: convolutions and deconvolutions N(0, 0.001) with zero bias, BN (1, 0).
         ``init="kaiming"``: all but the head's last convolution He-normal (fan-out) instead."""
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         final = getattr(self.head, "final_layer", None)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                if init == "kaiming" and m is not final:
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                else:
-                    nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, init, keep_small=[final] if final is not None else [])
         return self
 
     def convert_checkpoint(self, checkpoint) -> dict[str, torch.Tensor]:
