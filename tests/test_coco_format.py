@@ -214,6 +214,57 @@ def test_category_layout_mismatch(tmp_path):
         _dataset(path, spec=COCO17)
 
 
+def _swapped_shoulders() -> list[str]:
+    names = list(CROWDPOSE14.names)
+    names[0], names[1] = names[1], names[0]  # left_shoulder <-> right_shoulder
+    return names
+
+
+def test_official_names_in_another_order_are_refused(tmp_path, caplog):
+    """A category listing the layout's names in another order would train on swapped labels: an error naming the
+    file, the names and their indices, unless the reader is told the values follow the layout's order anyway."""
+    cats = [{"id": 1, "name": "person", "keypoints": _swapped_shoulders()}]
+    path = _write(tmp_path, [_person(1, 1)], categories=cats)
+    with pytest.raises(DataError) as info:
+        _dataset(path)
+    message = str(info.value)
+    assert str(path) in message and "DATASET.ALLOW_KEYPOINT_ORDER" in message
+    assert "'right_shoulder' at index 0 (layout: 1), 'left_shoulder' at index 1 (layout: 0)" in message
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        ds = _dataset(path, allow_keypoint_order=True)
+    assert ds.image_ids == [1, 2] and "assuming the same order" in caplog.text
+
+
+def test_other_keypoint_names_only_warn(tmp_path, caplog):
+    names = [f"joint_{i}" for i in range(14)]  # a file that names its keypoints its own way: nothing to compare
+    path = _write(tmp_path, [_person(1, 1)], categories=[{"id": 1, "name": "person", "keypoints": names}])
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert _dataset(path).image_ids == [1, 2]
+    assert "differ from layout 'crowdpose'" in caplog.text
+
+
+def test_keypoint_names_that_are_not_a_list_of_names(tmp_path):
+    path = _write(tmp_path, [_person(1, 1)], categories=[{"id": 1, "name": "person", "keypoints": None}])
+    with pytest.raises(DataError, match=r"ann\.json: category 1 'keypoints' is None, expected a list of keypoint"):
+        _dataset(path)
+
+
+def test_keypoint_order_key_reaches_the_reader(tmp_path):
+    from bupose.config import load_config
+    from bupose.data.build import prepare_dataset
+
+    folder = tmp_path / "crowdpose" / "json"
+    folder.mkdir(parents=True)
+    cats = [{"id": 1, "name": "person", "keypoints": _swapped_shoulders()}]
+    _write(folder, [_person(1, 1)], name="crowdpose_val.json", write_images=False, categories=cats)
+    (tmp_path / "crowdpose" / "images").mkdir()
+    overrides = ["DATASET.DATASET", "crowdpose", "DATASET.ROOT", str(tmp_path)]
+    with pytest.raises(DataError, match="crowdpose_val.json: category 1 .* in another order"):
+        prepare_dataset(load_config(None, overrides), "val")
+    reader = prepare_dataset(load_config(None, overrides + ["DATASET.ALLOW_KEYPOINT_ORDER", "True"]), "val")
+    assert reader.allow_keypoint_order and reader.image_ids == [1, 2]
+
+
 # --- bad input -------------------------------------------------------------------------------------------------
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(DataError, match="annotation file not found.*nope.json"):

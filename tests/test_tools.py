@@ -152,3 +152,27 @@ def test_test_tool_missing_weights_is_a_clear_error(tiny_yaml, tmp_path, capsys)
     assert f"error: checkpoint not found: {missing}" in capsys.readouterr().err
     assert test.main(["--cfg", str(tiny_yaml), "--output-dir", str(tmp_path / "empty")]) == 2
     assert "no TEST.MODEL_FILE given and no model_best.pth" in capsys.readouterr().err
+
+
+def test_options_may_come_after_the_overrides(tmp_path, capsys):
+    """``--output-dir`` (and every other option) after KEY VALUE overrides is the option, not a config key."""
+    train, test = _tool("train"), _tool("test")
+    args = train.parse_args(["--cfg", "x.yaml", "TRAIN.END_EPOCH", "3", "--output-dir", "out", "TRAIN.LR", "-1e-3"])
+    assert (args.cfg, args.output_dir, args.resume) == ("x.yaml", "out", None)
+    assert args.opts == ["TRAIN.END_EPOCH", "3", "TRAIN.LR", "-1e-3"]
+    args = train.parse_args(["TRAIN.LR", "0.1", "--cfg", "x.yaml", "--resume", "TRAIN.END_EPOCH", "3", "--output-dir",
+                             "o"])
+    assert args.resume is True and args.opts == ["TRAIN.LR", "0.1", "TRAIN.END_EPOCH", "3"]
+    assert train.parse_args(["--cfg", "x.yaml", "TRAIN.END_EPOCH", "3", "--resume", "ck.pth"]).resume == "ck.pth"
+    args = test.parse_args(["--cfg", "x.yaml", "TEST.FLIP_TEST", "False", "--split", "train", "--output-dir", "o"])
+    assert (args.split, args.output_dir, args.opts) == ("train", "o", ["TEST.FLIP_TEST", "False"])
+
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(["--cfg", "x.yaml", "TRAIN.END_EPOCH", "3", "--ouput-dir", "o"])
+    assert info.value.code == 2 and "unrecognized option: --ouput-dir" in capsys.readouterr().err
+
+    cfg = REPO / "experiments" / "synthetic" / "dekr_tiny_256.yaml"
+    assert train.main(["--cfg", str(cfg), "TRAIN.IMAGES_PER_GPU", "0", "--output-dir", str(tmp_path)]) == 2
+    assert "error: command line: TRAIN.IMAGES_PER_GPU is 0; expected >= 1" in capsys.readouterr().err
+    assert test.main(["--cfg", str(cfg), "TEST.SCALE_FACTOR", "[]", "--output-dir", str(tmp_path)]) == 2
+    assert "TEST.SCALE_FACTOR is []; expected non-empty, each > 0" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bupose.config import load_config  # noqa: E402
+from bupose.config import add_override_arguments, load_config, parse_tool_args  # noqa: E402
 from bupose.errors import BuposeError, CheckpointError  # noqa: E402
 
 
@@ -30,13 +30,18 @@ def find_weights(cfg, output_dir: Path) -> Path:
                           f"{output_dir}; train first or pass TEST.MODEL_FILE path/to/weights.pth")
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options (anywhere on the command line) and the KEY VALUE overrides (``args.opts``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="experiment file")
     parser.add_argument("--output-dir", help="default: OUTPUT_DIR/<dataset>/<config name>")
     parser.add_argument("--split", help="default: DATASET.TEST_SET")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
+    add_override_arguments(parser)
+    return parse_tool_args(parser, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         from bupose import build_model, load_checkpoint, save_config

@@ -1,6 +1,7 @@
 """Train a model.
 
-    python tools/train.py --cfg experiments/<dataset>/<model>.yaml [KEY VALUE ...] [--resume] [--output-dir DIR]
+    python tools/train.py --cfg experiments/<dataset>/<model>.yaml [KEY VALUE ...] [--resume [FILE]] [--output-dir DIR]
+      (options and KEY VALUE overrides in any order)
     torchrun --nproc_per_node N tools/train.py --cfg ...            # DistributedDataParallel
 
 Writes to ``OUTPUT_DIR/<dataset>/<config name>/``: ``config.yaml`` (the resolved config), ``checkpoint.pth``
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bupose.config import load_config  # noqa: E402
+from bupose.config import add_override_arguments, load_config, parse_tool_args  # noqa: E402
 from bupose.errors import BuposeError  # noqa: E402
 
 
@@ -25,17 +26,32 @@ def _is_config_key(text: str) -> bool:
     return re.fullmatch(r"[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*", text) is not None
 
 
-def main(argv=None) -> int:
+def _split_bare_resume(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without a ``--resume`` that is directly followed by a config key rather than a checkpoint file
+    (``--resume TRAIN.END_EPOCH 3``: the flag, then overrides), and whether there was one."""
+    for i, word in enumerate(argv[:-1]):
+        if word == "--resume" and _is_config_key(argv[i + 1]) and not Path(argv[i + 1]).exists():
+            return argv[:i] + argv[i + 1:], True
+    return argv, False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options (anywhere on the command line) and the KEY VALUE overrides (``args.opts``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="experiment file")
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the output folder's checkpoint (or from the given checkpoint file)")
     parser.add_argument("--output-dir", help="default: OUTPUT_DIR/<dataset>/<config name>")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
-    args = parser.parse_args(argv)
-    if isinstance(args.resume, str) and _is_config_key(args.resume) and not Path(args.resume).exists():
-        args.opts = [args.resume] + list(args.opts)  # "--resume TRAIN.END_EPOCH 3": the flag, then overrides
+    add_override_arguments(parser)
+    argv, bare_resume = _split_bare_resume(list(sys.argv[1:] if argv is None else argv))
+    args = parse_tool_args(parser, argv)
+    if bare_resume:
         args.resume = True
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         from bupose.engine.trainer import Trainer

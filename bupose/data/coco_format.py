@@ -24,7 +24,8 @@ Conventions and choices (the rest of bupose relies on them):
   COCO-format annotations refer to the stored pixel grid.
 * **Bad data.** Errors are :class:`~bupose.errors.DataError` naming the file, the image id / annotation id and what
   was expected. Problems with the file as a whole (missing file, not JSON, no ``images``/``annotations`` list,
-  entries without ids, duplicate ids, a keypoint layout that does not match ``spec``) always raise. Annotations are
+  entries without ids, duplicate ids, a keypoint layout that does not match ``spec``: another number of keypoints,
+  or the layout's names in another order unless ``allow_keypoint_order``) always raise. Annotations are
   validated eagerly at construction (keypoint count ``3*K``, finite numbers, visibility in {0, 1, 2}, a finite box
   with non-negative size, segmentation structure of ignored annotations); images lazily in ``__getitem__`` (missing
   file, undecodable, truncated JPEG/PNG, size different from the file's ``width``/``height``). With
@@ -72,17 +73,21 @@ class CocoKeypointDataset(SkippingIndex):
             (CrowdPose has images with the two swapped). When False, the decoded size is trusted and the ignore
             mask is made at that size.
         min_people: keep only images with at least this many people with labelled keypoints (0: all images).
+        allow_keypoint_order: accept a keypoint category that lists the layout's names in another order (e.g.
+            ``left_shoulder`` and ``right_shoulder`` exchanged) and read the values in the layout's order anyway,
+            with a warning. By default that is a DataError: the labels would be read swapped.
         transform: optional callable applied to each :class:`Sample` in ``__getitem__``; its result is returned.
 
     Attributes:
         coco: the ``pycocotools.coco.COCO`` index of the whole file.
         image_ids: the ids of the images in the index, in file order; ``dataset[i]`` is ``image_ids[i]``.
-        ann_file, image_root, spec, on_error, check_image_size, min_people, transform: as given.
+        ann_file, image_root, spec, on_error, check_image_size, min_people, allow_keypoint_order, transform: as
+            given.
     """
 
     def __init__(self, ann_file: str | Path, image_root: str | Path, spec: KeypointSpec | str,
                  on_error: str = "raise", check_image_size: bool = True, min_people: int = 0,
-                 transform: Callable[[Sample], Any] | None = None):
+                 transform: Callable[[Sample], Any] | None = None, allow_keypoint_order: bool = False):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.ann_file = Path(ann_file)
@@ -92,6 +97,7 @@ class CocoKeypointDataset(SkippingIndex):
         self.on_error = on_error
         self.check_image_size = bool(check_image_size)
         self.min_people = int(min_people)
+        self.allow_keypoint_order = bool(allow_keypoint_order)
         self.transform = transform
 
         data = load_coco_json(self.ann_file)
@@ -119,12 +125,23 @@ class CocoKeypointDataset(SkippingIndex):
             return  # no keypoint categories declared: every annotation is a person
         self._cat_ids = {c.get("id") for c in kp_cats}
         for c in kp_cats:
+            if not isinstance(c["keypoints"], list) or not all(isinstance(n, str) for n in c["keypoints"]):
+                raise DataError(f"{self.ann_file}: category {c.get('id')} 'keypoints' is {c['keypoints']!r}, "
+                                f"expected a list of keypoint names")
             names = tuple(c["keypoints"])
             if len(names) != self.spec.num_keypoints:
                 raise DataError(
                     f"{self.ann_file}: category {c.get('id')} ({c.get('name')!r}) declares {len(names)} keypoints, "
                     f"expected {self.spec.num_keypoints} for keypoint layout {self.spec.name!r} "
                     f"({', '.join(self.spec.names)}); is this the right spec for this file?")
+            moved = _moved_names(names, self.spec.names)
+            if moved and not self.allow_keypoint_order:
+                where = ", ".join(f"{n!r} at index {i} (layout: {j})" for n, i, j in moved)
+                raise DataError(
+                    f"{self.ann_file}: category {c.get('id')} ({c.get('name')!r}) lists the keypoint names of layout "
+                    f"{self.spec.name!r} in another order: {where}; the annotations would be read with these labels "
+                    f"swapped. Fix the file's categories[].keypoints, or, if the keypoint values do follow the "
+                    f"layout's order, set DATASET.ALLOW_KEYPOINT_ORDER True (reader: allow_keypoint_order=True)")
             if names != self.spec.names:
                 logger.warning("%s: category %s keypoint names %s differ from layout %r names %s; assuming the "
                                "same order", self.ann_file, c.get("id"), list(names), self.spec.name,
@@ -324,6 +341,11 @@ class CocoKeypointDataset(SkippingIndex):
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+def _moved_names(names: tuple[str, ...], layout: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """``(name, index in names, index in layout)`` of the layout's names that ``names`` lists at another index."""
+    return [(n, i, layout.index(n)) for i, n in enumerate(names) if n in layout and layout.index(n) != i]
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -4,16 +4,37 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bupose.errors import DataError
+from bupose.errors import ConfigError, DataError
 from bupose.inference.people import People
 from bupose.inference.tta import TestTimeAugmentation
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; anything else as torch understands it."""
+    """``DEVICE`` as a torch device: ``auto`` -> cuda when available, else cpu; ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises ConfigError for another name, and for ``cuda`` / ``cuda:N`` when torch sees no such GPU (rather than
+    failing later, inside the first ``.to(device)``).
+    """
+    from bupose.config import check_value
+
+    name = check_value("DEVICE", name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        _check_cuda_visible(device, name)
+    return device
+
+
+def _check_cuda_visible(device: torch.device, name: str) -> None:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else "check CUDA_VISIBLE_DEVICES and the driver")
+        raise ConfigError(f"DEVICE is {name!r} but torch sees no CUDA GPU ({why}); use DEVICE cpu, or auto to take "
+                          f"a GPU when there is one")
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"DEVICE is {name!r} but torch sees {count} CUDA GPU(s): cuda:0 .. cuda:{count - 1}")
 
 
 class Predictor:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bupose.config import load_config  # noqa: E402
+from bupose.config import add_override_arguments, load_config, parse_tool_args  # noqa: E402
 from bupose.engine.trainer import Trainer  # noqa: E402
 
 
@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", required=True)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--output-dir")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    add_override_arguments(parser)  # KEY VALUE overrides, before or after the options
+    args = parse_tool_args(parser, argv)
     opts = ["TRAIN.VAL_FREQ", "1", "DATASET.MAX_TEST_IMAGES", str(args.val_images), "TEST.SCALE_FACTOR", "[1.0]",
             "TEST.FLIP_TEST", "False", "TRAIN.AUTO_RESUME", "False"] + args.opts
     cfg = load_config(args.cfg, opts)

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bupose.config import load_config  # noqa: E402
+from bupose.config import add_override_arguments, load_config, parse_tool_args  # noqa: E402
 from bupose.engine.checkpoint import load_checkpoint  # noqa: E402
 from bupose.engine.evaluate import evaluate_split  # noqa: E402
 from bupose.methods import build_method  # noqa: E402
@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-file", required=True)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.75, 1.0, 1.25])
     parser.add_argument("--images", type=int, default=0, help="first N test images (0: all)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    add_override_arguments(parser)  # KEY VALUE overrides, before or after the options
+    args = parse_tool_args(parser, argv)
     settings = [("scale 1", [1.0], False), ("scale 1 + flip", [1.0], True),
                 (f"scales {args.scales} + flip", args.scales, True)]
     rows, base = [], None
