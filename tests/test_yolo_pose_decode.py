@@ -160,3 +160,53 @@ def test_to_yolo_tensor_is_rgb_in_unit_range():
     img[..., 0] = 255  # blue in BGR
     t = to_yolo_tensor(img)
     assert t.shape == (3, 2, 3) and float(t[2].max()) == 1.0 and float(t[0].max()) == 0.0
+
+
+def _official_test_scale_coords(coords: np.ndarray, img0_shape, size: int) -> np.ndarray:
+    """The official test.py mapping, transcribed: load_image resizes by ``r = size / max(h0, w0)`` to
+    ``(int(w0 * r), int(h0 * r))``, letterbox pads to ``size`` without scaling, and ``scale_coords(..., ratio_pad=
+    ((h / h0, w / w0), (dw, dh)), kpt_label=True, step=3)`` takes ``gain = ratio_pad[0][0]`` for x and y alike."""
+    h0, w0 = img0_shape[:2]
+    r = size / max(h0, w0)
+    h, w = int(h0 * r), int(w0 * r)
+    gain, pad = (h / h0, w / w0)[0], ((size - w) / 2, (size - h) / 2)
+    out = coords.copy()
+    out[:, 0::3] -= pad[0]
+    out[:, 1::3] -= pad[1]
+    out[:, 0::3] /= gain
+    out[:, 1::3] /= gain
+    return out
+
+
+def test_official_test_coordinates_use_the_height_ratio_on_an_upscaled_image():
+    """TEST.OFFICIAL_COORDINATES as the official test.py: a 500 x 333 image is resized to 640 x 426 (gain 1.28 in x
+    but 426 / 333 in y) and mapped back with the height ratio for both axes, as a direct transcription does; the
+    detect.py mapping (gain 1.28) is up to 0.28 px away from it at the right edge."""
+    k = 17
+    dec = _decoder(input_size=640, official_coordinates="test")
+    dec.strides, dec.anchors = [64], ANCHORS[3:]
+    g = torch.Generator().manual_seed(0)
+    t = torch.full((1, 3, 10, 10, 6 + 3 * k), -10.0)
+    t[0, 0, :, :, 4:6] = 10.0  # every cell of anchor 0 a candidate
+    t[0, 0, :, :, 6:] = torch.rand(10, 10, 3 * k, generator=g) * 2 - 1  # keypoints spread over the whole input
+    image = np.random.default_rng(0).integers(0, 256, (333, 500, 3), dtype=np.uint8)
+    view = dec.prepare(image, 1.0)
+    resized = cv2.resize(image, (640, 426), interpolation=cv2.INTER_LINEAR)
+    expected_input = cv2.copyMakeBorder(resized, 107, 107, 0, 0, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    assert view.size == (640, 640)
+    torch.testing.assert_close(view.tensor[0], to_yolo_tensor(expected_input), atol=0, rtol=0)
+
+    from bupose.methods.yolo_pose.decode import decode_levels
+    pred = decode_levels([t], dec.anchors, dec.strides, k)[0]
+    pred = pred[pred[:, 4] > dec.conf_threshold].double().numpy()
+    expected = _official_test_scale_coords(pred[:, 6:], image.shape, 640)
+    got = dec._candidates({"levels": [t]}, view, mirrored=False)[:, 5:].double().numpy()
+    assert len(got) == 100
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+
+    detect = _decoder(input_size=640, official_coordinates=True)
+    detect.strides, detect.anchors = [64], ANCHORS[3:]
+    old = detect._candidates({"levels": [t]}, detect.prepare(image, 1.0), mirrored=False)[:, 5:].double().numpy()
+    assert 0.2 < np.abs(old - expected)[:, 0::3].max() < 0.3
+    with pytest.raises(ValueError, match="official_coordinates"):
+        _decoder(official_coordinates="exact")

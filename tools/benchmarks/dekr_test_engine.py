@@ -6,6 +6,11 @@ single forward pass, and the time of centre extraction + pose NMS on an image wi
 Memory: each setting runs in a fresh process; on CUDA the figure is ``torch.cuda.max_memory_allocated`` above the
 model's own memory, on CPU the growth of the process's peak RSS (``ru_maxrss``) over its size after a warm-up
 forward pass at the smallest scale. The ratio is against the largest single pass (scale 2, no flip).
+
+Extreme aspect ratios (scales 0.5, 1, 2 + flip, each in a fresh process): a 4000 x 1 image, which the official resize
+makes 4000 times longer than its short side (refused with a DataError before any allocation), and a 4000 x 100 strip
+(processed, its input size lowered until the scale-2 pass fits ``TEST.MAX_INPUT_PIXELS``); "max input px" is the
+largest network input of one forward pass.
 """
 import argparse
 import json
@@ -21,6 +26,7 @@ SETTINGS = [("largest single pass: scale 2, no flip", [2.0], False),
             ("scale 1 + flip", [1.0], True),
             ("scales 0.5, 1, 2 + flip", [0.5, 1.0, 2.0], True),
             ("scales 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2 + flip", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0], True)]
+EXTREME = [("4000x1 image, scales 0.5, 1, 2 + flip", "4000x1"), ("4000x100 strip, scales 0.5, 1, 2 + flip", "4000x100")]
 
 
 def measure(cfg_file: str, size: tuple[int, int], scales: list[float], flip: bool, device: str) -> dict:
@@ -28,6 +34,7 @@ def measure(cfg_file: str, size: tuple[int, int], scales: list[float], flip: boo
     import torch
 
     import bupose
+    from bupose.errors import DataError
     from bupose.inference.tta import TestTimeAugmentation
 
     torch.set_grad_enabled(False)
@@ -42,14 +49,22 @@ def measure(cfg_file: str, size: tuple[int, int], scales: list[float], flip: boo
         base = torch.cuda.memory_allocated()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    largest = []
+    model.register_forward_pre_hook(lambda _, args: largest.append(args[0].shape[0] * args[0].shape[2] *
+                                                                   args[0].shape[3]))
     t = time.perf_counter()
-    TestTimeAugmentation(scales, flip, device)(model, decoder, image)
+    try:
+        TestTimeAugmentation(scales, flip, device)(model, decoder, image)
+        refused = ""
+    except DataError as e:
+        refused = str(e)
     seconds = time.perf_counter() - t
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"peak_mib": peak / 2 ** 20, "seconds": seconds}
+    return {"peak_mib": peak / 2 ** 20, "seconds": seconds, "max_input_px": max(largest, default=0),
+            "refused": refused}
 
 
 def nms_timing(repeats: int = 20) -> dict:
@@ -86,6 +101,15 @@ def nms_timing(repeats: int = 20) -> dict:
             "people": len(people)}
 
 
+def child(args, size: str, scales: list[float], flip: bool) -> dict:
+    """One setting measured in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--cfg", args.cfg, "--size", size, "--device", args.device,
+                          "--child", json.dumps([scales, flip])], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", default="experiments/crowdpose/dekr_w32_512.yaml")
@@ -99,17 +123,13 @@ def main():
         print(json.dumps(measure(args.cfg, size, scales, flip, args.device)))
         return
     print(f"{args.cfg}, image {args.size}, device {args.device}")
-    rows = []
-    for name, scales, flip in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, "--cfg", args.cfg, "--size", args.size, "--device",
-                              args.device, "--child", json.dumps([scales, flip])], capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr)
-        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
+    rows = [(name, child(args, args.size, scales, flip)) for name, scales, flip in SETTINGS]
+    rows += [(name, child(args, size, [0.5, 1.0, 2.0], True)) for name, size in EXTREME]
     base = rows[0][1]["peak_mib"]
-    print(f"{'setting':<48} {'peak MiB':>9} {'x largest':>9} {'seconds':>8}")
+    print(f"{'setting':<48} {'peak MiB':>9} {'x largest':>9} {'seconds':>8} {'max input px':>13}")
     for name, r in rows:
-        print(f"{name:<48} {r['peak_mib']:9.1f} {r['peak_mib'] / base:9.2f} {r['seconds']:8.2f}")
+        print(f"{name:<48} {r['peak_mib']:9.1f} {r['peak_mib'] / base:9.2f} {r['seconds']:8.2f} "
+              f"{r['max_input_px']:13d}" + (f"  refused: {r['refused']}" if r["refused"] else ""))
     n = nms_timing()
     print(f"30 people, 128x192 output maps: centre extraction {n['centres_ms']:.2f} ms, heat values + pose NMS + "
           f"map back {n['nms_ms']:.2f} ms; the whole flip merge incl. upsampling to the input size "

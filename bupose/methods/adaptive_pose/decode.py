@@ -34,6 +34,12 @@ Flip (``flip``; the mirror and flip-back by :mod:`bupose.inference.flip`):
 ``"fuse"`` is the default but **has not been measured against** ``"official"`` on a real dataset yet (on a toy --
 a tiny model trained and tested on 16 synthetic images -- AP 0.166 fuse, 0.151 official, 0.137 without flip).
 
+Bounded memory (not in the official code): a pass whose canvas would exceed ``max_input_pixels``
+(:data:`bupose.inference.tta.DEFAULT_MAX_INPUT_PIXELS`) is resized with the largest smaller input size (short side
+at scale 1) that fits, by the same official rule, so its map back stays exact; each pass is fitted on its own (the
+people of the passes are merged in image pixels). Passes within the limit are untouched; an image that needs more
+even at input size 64 is refused with a :class:`~bupose.errors.DataError` (:func:`fit_resize`).
+
 Coordinates: the official code maps back with the pixel-corner convention (``x / r``), bupose with the exact inverse
 of the image -> input matrix (pixel centres at integers, ``(x + 0.5) / r - 0.5``): the two differ by ``0.5 (1 / r -
 1)`` image pixels.
@@ -42,6 +48,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import math
 
 import numpy as np
 import torch
@@ -52,6 +60,7 @@ from bupose.errors import DataError
 from bupose.inference.flip import flip_back_maps, flip_back_points, flip_back_poses, flip_input
 from bupose.inference.nms import oks_nms, soft_nms
 from bupose.inference.people import People
+from bupose.inference.tta import DEFAULT_MAX_INPUT_PIXELS, MIN_SHORT_SIDE, too_large
 
 #: CenterNet's input mean and std, per channel in **BGR** order (the image is not converted to RGB)
 CENTERNET_MEAN = (0.40789654, 0.44719302, 0.47026115)
@@ -91,6 +100,26 @@ def official_resize(image_size: tuple[int, int], input_size: int, scale: float =
     m = G.compose(G.resize_matrix((w, h), (new_w, new_h), "area"),
                   G.translation_matrix(in_w / 2 - new_w // 2, in_h / 2 - new_h // 2))
     return m, (in_w, in_h)
+
+
+def fit_resize(image_size: tuple[int, int], input_size: int, scale: float,
+               max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`official_resize` with the largest input size ``<= input_size`` whose canvas has at most
+    ``max_pixels`` pixels (``input_size`` itself when it fits). Raises :class:`~bupose.errors.DataError` when not
+    even :data:`~bupose.inference.tta.MIN_SHORT_SIDE` fits."""
+    m, size = official_resize(image_size, input_size, scale)
+    if size[0] * size[1] <= max_pixels:
+        return m, size
+    w, h = image_size
+    ratio = max(w, h) / max(min(w, h), 1)
+    fitted = min(input_size - 1, int(math.sqrt(max_pixels / ratio) / scale))
+    while fitted >= MIN_SHORT_SIDE:
+        m, size = official_resize(image_size, fitted, scale)
+        if size[0] * size[1] <= max_pixels:
+            return m, size
+        fitted -= max(1, fitted // 64)
+    _, size = official_resize(image_size, MIN_SHORT_SIDE, scale)
+    raise too_large((h, w), scale, max_pixels, size[0] * size[1], "AdaptivePose")
 
 
 @dataclass
@@ -136,12 +165,14 @@ class AdaptivePoseDecoder:
         soft_sigma, soft_threshold: soft-NMS Gaussian sigma (0.5) and the score below which a decayed person is
             dropped (0.001).
         pool_kernel: centre max-pool kernel (5).
+        max_input_pixels: the most canvas pixels of one pass (see the module docstring; ``TEST.MAX_INPUT_PIXELS``).
     """
 
     def __init__(self, *, flip_index: Sequence[int], sigmas: Sequence[float], input_size: int = 512,
                  output_stride: int = 4, max_people: int = 20, threshold: float = 0.0, flip: str = "fuse",
                  nms: str = "soft", oks_threshold: float = 0.7, soft_sigma: float = 0.5,
-                 soft_threshold: float = 0.001, pool_kernel: int = 5):
+                 soft_threshold: float = 0.001, pool_kernel: int = 5,
+                 max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
         if flip not in FLIP_MODES:
             raise ValueError(f"AdaptivePoseDecoder: flip must be one of {FLIP_MODES}, got {flip!r}")
         if nms not in NMS_KINDS:
@@ -157,13 +188,14 @@ class AdaptivePoseDecoder:
         self.oks_threshold = oks_threshold
         self.soft_sigma, self.soft_threshold = soft_sigma, soft_threshold
         self.pool_kernel = pool_kernel
+        self.max_input_pixels = int(max_input_pixels)
 
     # -- the engine's contract ----------------------------------------------------------------------------------
     def begin(self, image: np.ndarray, scales: Sequence[float] = (1.0,)) -> dict:
         return {"keypoints": [], "scores": [], "scales": 0}
 
     def prepare(self, image: np.ndarray, scale: float) -> AdaptivePoseView:
-        m, size = official_resize((image.shape[1], image.shape[0]), self.input_size, scale)
+        m, size = fit_resize((image.shape[1], image.shape[0]), self.input_size, scale, self.max_input_pixels)
         resized = G.warp_image(image, m, size)
         return AdaptivePoseView(to_centernet_tensor(resized)[None], m, size)
 

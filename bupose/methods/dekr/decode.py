@@ -15,11 +15,20 @@ Reproduced on purpose so that official weights give the official poses:
   keypoint's score multiplied by the averaged heatmap at its (floored) location, the pose NMS, the top
   ``max_people`` by mean heat value, the person score = mean keypoint score, and the map back to the image through
   the (centred) resize of the last, smallest scale.
+
+Bounded memory (not in the official code): when the largest scale's input would exceed ``max_input_pixels``
+(:data:`bupose.inference.tta.DEFAULT_MAX_INPUT_PIXELS`), the image's input size -- the short side at scale 1 -- is
+lowered in steps of 64 until it fits, for all scales together (the maps are merged at one resolution); the official
+rule then applies unchanged with that size, so the map back stays exact. Images within the limit are untouched; an
+image that needs more even at 64 (an aspect ratio in the hundreds) is refused with a
+:class:`~bupose.errors.DataError` (:func:`fit_input_size`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import math
 
 import cv2
 import numpy as np
@@ -30,6 +39,7 @@ from bupose.data.pipelines import to_tensor
 from bupose.inference.flip import flip_back_maps, flip_back_poses, flip_input
 from bupose.inference.nms import dekr_pose_nms
 from bupose.inference.people import People
+from bupose.inference.tta import DEFAULT_MAX_INPUT_PIXELS, MIN_SHORT_SIDE, too_large
 
 
 def _ceil64(v: float) -> int:
@@ -60,6 +70,28 @@ def dekr_resize(image_shape, input_size: int, scale: float):
         size = (int(_ceil64(base / h * w) * scale), int(base * scale))
         src_width = size[0] / size[1] * h
     return size, center, src_width
+
+
+def _pixels(image_shape, input_size: int, scale: float) -> int:
+    w, h = dekr_resize(image_shape, input_size, scale)[0]
+    return w * h
+
+
+def fit_input_size(image_shape, input_size: int, largest_scale: float, max_pixels: int) -> int:
+    """The input size (short side at scale 1) for an image whose largest pass is at ``largest_scale``:
+    ``input_size`` itself when that pass has at most ``max_pixels`` input pixels, else the largest multiple of 64
+    that fits. Raises :class:`~bupose.errors.DataError` when not even 64 fits."""
+    if _pixels(image_shape, input_size, largest_scale) <= max_pixels:
+        return input_size
+    h, w = image_shape[:2]
+    ratio = max(h, w) / max(min(h, w), 1)
+    size = min(_ceil64(input_size) - 64, int(math.sqrt(max_pixels / ratio) / largest_scale) // 64 * 64)
+    while size >= MIN_SHORT_SIDE and _pixels(image_shape, size, largest_scale) > max_pixels:
+        size -= 64
+    if size < MIN_SHORT_SIDE:
+        raise too_large(image_shape, largest_scale, max_pixels, _pixels(image_shape, MIN_SHORT_SIDE, largest_scale),
+                        "DEKR")
+    return size
 
 
 @dataclass
@@ -114,12 +146,16 @@ class DEKRDecoder:
         flip_shift: input pixels the mirrored image is shifted left (official: 3).
         rescore: optional ``people -> people`` applied at the very end (the rescoring net,
             :mod:`bupose.methods.dekr.rescore`, as the official ``RESCORE.VALID``).
+        max_input_pixels: the most input pixels of one pass (see the module docstring; ``TEST.MAX_INPUT_PIXELS``).
+
+    ``begin`` fits the input size of the image to the limit and keeps it on the decoder for the ``prepare`` calls
+    that follow, so one decoder serves one image at a time.
     """
 
     def __init__(self, flip_index: Sequence[int], input_size: int = 512, output_stride: int = 4,
                  max_people: int = 30, keypoint_threshold: float = 0.01, nms_dist: float = 0.15, nms_num: int = 10,
                  decrease: float = 1.0, pool_thresholds: tuple[float, float] = (300, 200), flip_shift: int = 3,
-                 rescore=None):
+                 rescore=None, max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
         self.flip_index = list(flip_index)
         self.num_joints = len(self.flip_index)
         self.input_size = input_size
@@ -132,14 +168,19 @@ class DEKRDecoder:
         self.pool_thresholds = pool_thresholds
         self.flip_shift = flip_shift
         self.rescore = rescore
+        self.max_input_pixels = int(max_input_pixels)
+        self._fitted: tuple | None = None  # (image (h, w), largest scale, input size) of the last begin
 
     # -- the engine's contract ----------------------------------------------------------------------------------
     def begin(self, image: np.ndarray, scales: Sequence[float]) -> dict:
-        base_size = dekr_resize(image.shape, self.input_size, 1.0)[0]
+        largest = max(scales)
+        input_size = fit_input_size(image.shape, self.input_size, largest, self.max_input_pixels)
+        self._fitted = (tuple(image.shape[:2]), largest, input_size)
+        base_size = dekr_resize(image.shape, input_size, 1.0)[0]
         return {"scales": list(scales), "heatmap_sum": 0, "poses": [], "view": None, "base_size": base_size}
 
     def prepare(self, image: np.ndarray, scale: float) -> DEKRView:
-        size, center, src_width = dekr_resize(image.shape, self.input_size, scale)
+        size, center, src_width = dekr_resize(image.shape, self._input_size(image.shape, scale), scale)
         m = centered_affine(center, src_width, size)
         resized = cv2.warpAffine(image, m, size)
         return DEKRView(to_tensor(resized)[None], size, center, src_width)
@@ -189,6 +230,12 @@ class DEKRDecoder:
         return self.rescore(people) if self.rescore is not None else people
 
     # -- pieces ---------------------------------------------------------------------------------------------------
+    def _input_size(self, image_shape, scale: float) -> int:
+        """The input size fitted by ``begin`` for this image (or, called without ``begin``, for ``scale`` alone)."""
+        if self._fitted is not None and self._fitted[0] == tuple(image_shape[:2]) and scale <= self._fitted[1]:
+            return self._fitted[2]
+        return fit_input_size(image_shape, self.input_size, scale, self.max_input_pixels)
+
     def _centres(self, centre_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         map_size = (centre_map.shape[1] + centre_map.shape[2]) / 2.0
         kernel = 7 if map_size > self.pool_thresholds[0] else 5 if map_size > self.pool_thresholds[1] else 3

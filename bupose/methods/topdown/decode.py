@@ -36,6 +36,7 @@ from bupose.errors import DataError
 from bupose.inference import flip
 from bupose.inference.nms import oks_nms_mean_area, soft_oks_nms_mean_area
 from bupose.inference.people import People
+from bupose.inference.tta import DEFAULT_MAX_INPUT_PIXELS
 from bupose.methods.topdown import crops
 from bupose.methods.topdown.boxes import PersonBoxes, as_person_boxes
 
@@ -110,6 +111,8 @@ class TopDownDecoder:
         soft_nms: soft OKS NMS (the official: at most 20 people per image) instead of OKS NMS.
         color_rgb: the network takes RGB crops. padding: box enlargement (1.25).
         output_key: the model output holding the heatmaps (the model may also return the tensor itself).
+        max_input_pixels: the engine runs each pass's crops in chunks of at most this many input pixels
+            (``TEST.MAX_INPUT_PIXELS``; 2^23: 170 crops of 256 x 192), so many boxes do not blow up the forward pass.
 
     The engine calls ``begin(image, scales, boxes=...)`` with the image's :class:`~bupose.methods.topdown.boxes.
     PersonBoxes` (or an ``(xywh, scores)`` pair); the boxes are kept on the decoder until the next ``begin``, so one
@@ -122,7 +125,8 @@ class TopDownDecoder:
     def __init__(self, *, flip_index: Sequence[int], sigmas: Sequence[float], input_size: Sequence[int],
                  heatmap_size: Sequence[int], codec=None, udp: bool = False, post_process: bool = True,
                  shift_heatmap: bool = True, in_vis_thre: float = 0.2, oks_thre: float = 0.9, soft_nms: bool = False,
-                 color_rgb: bool = True, padding: float = crops.PADDING, output_key: str = "heatmaps"):
+                 color_rgb: bool = True, padding: float = crops.PADDING, output_key: str = "heatmaps",
+                 max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
         self.flip_index = [int(i) for i in flip_index]
         self.num_joints = len(self.flip_index)
         self.sigmas = torch.as_tensor(np.asarray(sigmas, np.float64))
@@ -135,6 +139,7 @@ class TopDownDecoder:
         self.shift = 1 if shift_heatmap else 0
         self.in_vis_thre, self.oks_thre, self.soft_nms = in_vis_thre, oks_thre, bool(soft_nms)
         self.color_rgb, self.padding, self.output_key = bool(color_rgb), padding, output_key
+        self.max_input_pixels = int(max_input_pixels)
         self._people: tuple[PersonBoxes, np.ndarray, np.ndarray] | None = None
 
     # -- the engine's contract ----------------------------------------------------------------------------------

@@ -14,9 +14,26 @@ mirrored ones un-mirrored, ``x -> W - 1 - x`` in the input, and their left/right
 :mod:`bupose.inference.flip`) and pooled; :meth:`YOLOPoseDecoder.finish` runs one NMS over the pool. Neither the
 official code (its TTA de-scales only boxes and averages flipped anchors without mirroring or swapping keypoints)
 nor Ultralytics (no pose TTA) has a working pose TTA.
+
+Bounded memory: the letterbox is a square of ``input_size * scale`` (rounded to the largest stride) whatever the
+image, so only the scale matters; a side whose square exceeds ``max_input_pixels``
+(:data:`bupose.inference.tta.DEFAULT_MAX_INPUT_PIXELS`) is lowered to the largest multiple of the stride that fits.
+An extreme aspect ratio only makes the resized image thin (at least one pixel): nothing is refused.
+
+Official coordinates (``official_coordinates``), for parity with official weights:
+
+* ``"detect"`` (or ``True``): the official ``detect.py``: ``letterbox(img, size, auto=False)`` and ``scale_coords``
+  without ``ratio_pad``: ``(x - pad) / gain`` with ``gain = min(size / h0, size / w0)`` and the unrounded pad
+  (:func:`official_letterbox`);
+* ``"test"``: the official ``test.py``, which gives the published numbers: ``load_image`` (the long side to
+  ``size`` by ``int()``, ``INTER_AREA`` when shrinking), then ``letterbox`` onto the ``size`` square without
+  scaling, and ``scale_coords`` with ``ratio_pad``: ``gain = h / h0``, the **height** ratio of the resize, for x and
+  y alike, and the letterbox's pad (:func:`official_test_letterbox`). The official test batches images of similar
+  shape onto one rectangle (``rect``); one image at a time, the square is used.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,6 +46,10 @@ from bupose.data import geometry as G
 from bupose.inference.flip import flip_back_boxes, flip_back_poses, flip_input
 from bupose.inference.nms import oks_nms
 from bupose.inference.people import People
+from bupose.inference.tta import DEFAULT_MAX_INPUT_PIXELS
+
+#: ``official_coordinates`` values (``True`` means ``"detect"``)
+OFFICIAL_MODES = (False, "detect", "test")
 
 
 def decode_levels(levels: Sequence[torch.Tensor], anchors: torch.Tensor, strides: Sequence[int],
@@ -74,12 +95,31 @@ def official_letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tu
     with the unrounded pads that the official ``scale_coords`` subtracts."""
     h0, w0 = image.shape[:2]
     gain = min(size / h0, size / w0)
-    nw, nh = int(round(w0 * gain)), int(round(h0 * gain))
+    nw, nh = max(1, int(round(w0 * gain))), max(1, int(round(h0 * gain)))  # officially 0 (a crash) when thinner
     dw, dh = (size - nw) / 2, (size - nh) / 2
     img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w0, h0) else image
     img = cv2.copyMakeBorder(img, int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)),
                              int(round(dw + 0.1)), cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
     return img, gain, ((size - w0 * gain) / 2, (size - h0 * gain) / 2)
+
+
+def official_test_letterbox(image: np.ndarray, size: int, pad_value: int = 114) -> tuple[np.ndarray, float, tuple]:
+    """The official ``test.py`` input of YOLOv5 / YOLO-Pose: ``load_image`` (``r = size / max(h0, w0)``,
+    ``cv2.resize`` to ``(int(w0 * r), int(h0 * r))``, ``INTER_AREA`` when ``r < 1``, else bilinear), then
+    ``letterbox(img, size, auto=False, scaleup=False)`` (grey borders of ``round(pad -/+ 0.1)``, no resize). Returns
+    ``(image, gain, (pad_x, pad_y))`` as ``scale_coords`` uses them with ``ratio_pad``: ``gain = h / h0`` (the height
+    ratio, for both axes) and the letterbox's unrounded pads."""
+    h0, w0 = image.shape[:2]
+    r = size / max(h0, w0)
+    img = image
+    if r != 1:
+        img = cv2.resize(image, (max(1, int(w0 * r)), max(1, int(h0 * r))),
+                         interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+    h, w = img.shape[:2]
+    dw, dh = (size - w) / 2, (size - h) / 2
+    img = cv2.copyMakeBorder(img, int(round(dh - 0.1)), int(round(dh + 0.1)), int(round(dw - 0.1)),
+                             int(round(dw + 0.1)), cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
+    return img, h / h0, (dw, dh)
 
 
 def to_yolo_tensor(image_bgr: np.ndarray) -> torch.Tensor:
@@ -104,20 +144,28 @@ class YOLOPoseDecoder:
         fuse_keypoints: replace each kept person's keypoints by the average over the candidates its NMS
             suppressed (IoU above ``iou_threshold``), weighted by candidate score x keypoint confidence.
         letterbox_auto: pad to the next multiple of the stride (minimum rectangle) instead of a square.
-        official_coordinates: letterbox and map back exactly as the official code (``cv2.resize`` + borders;
-            ``scale_coords``: ``(x - pad) / gain`` with the unrounded pad, pixel corners at integers, clipped to
-            ``[0, W]``) -- for parity with official weights; by default bupose's letterbox matrix (antialiased) and
-            its inverse (pixel centres at integers, clipped to the image area ``[-0.5, W - 0.5]``).
+        official_coordinates: letterbox and map back exactly as the official code: ``"detect"`` (or ``True``) its
+            ``detect.py``, ``"test"`` its ``test.py`` (see the module docstring; pixel corners at integers, clipped
+            to ``[0, W]``) -- for parity with official weights; by default (``False``) bupose's letterbox matrix
+            (antialiased) and its inverse (pixel centres at integers, clipped to the image area
+            ``[-0.5, W - 0.5]``).
+        max_input_pixels: the most input pixels of one pass (see the module docstring; ``TEST.MAX_INPUT_PIXELS``).
     """
 
     def __init__(self, anchors, strides: Sequence[int], flip_index: Sequence[int], sigmas, input_size: int = 640,
                  conf_threshold: float = 0.001, iou_threshold: float = 0.65, max_people: int = 300,
                  nms: str = "box", oks_threshold: float = 0.7, score: str = "box", fuse_keypoints: bool = False,
-                 letterbox_auto: bool = False, official_coordinates: bool = False, pad_value: int = 114):
+                 letterbox_auto: bool = False, official_coordinates: bool | str = False, pad_value: int = 114,
+                 max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS):
         if nms not in ("box", "oks"):
             raise ValueError(f"YOLOPoseDecoder: nms must be 'box' or 'oks', got {nms!r}")
         if score not in ("box", "box_x_keypoint"):
             raise ValueError(f"YOLOPoseDecoder: score must be 'box' or 'box_x_keypoint', got {score!r}")
+        if isinstance(official_coordinates, bool):
+            official_coordinates = "detect" if official_coordinates else False
+        if official_coordinates not in OFFICIAL_MODES:
+            raise ValueError(f"YOLOPoseDecoder: official_coordinates must be False, True, 'detect' or 'test', got "
+                             f"{official_coordinates!r}")
         self.anchors = torch.as_tensor(anchors, dtype=torch.float32)
         self.strides = [int(s) for s in strides]
         self.flip_index = list(flip_index)
@@ -127,8 +175,9 @@ class YOLOPoseDecoder:
         self.conf_threshold, self.iou_threshold = conf_threshold, iou_threshold
         self.max_people, self.nms, self.oks_threshold = max_people, nms, oks_threshold
         self.score, self.fuse_keypoints = score, fuse_keypoints
-        self.letterbox_auto, self.official_coordinates, self.pad_value = letterbox_auto, official_coordinates, \
-            pad_value
+        self.letterbox_auto, self.pad_value = letterbox_auto, pad_value
+        self.official_coordinates = official_coordinates
+        self.max_input_pixels = int(max_input_pixels)
 
     # -- the engine's contract ----------------------------------------------------------------------------------
     def bind(self, model: torch.nn.Module) -> None:
@@ -142,10 +191,11 @@ class YOLOPoseDecoder:
 
     def prepare(self, image: np.ndarray, scale: float) -> LetterboxView:
         stride = max(self.strides)
-        size = max(stride, int(round(self.input_size * scale / stride)) * stride)
+        size = self.letterbox_side(scale)
         h0, w0 = image.shape[:2]
         if self.official_coordinates:
-            img, gain, (px, py) = official_letterbox(image, size, self.pad_value)
+            letterbox = official_test_letterbox if self.official_coordinates == "test" else official_letterbox
+            img, gain, (px, py) = letterbox(image, size, self.pad_value)
             to_image = np.array([[1 / gain, 0, -px / gain], [0, 1 / gain, -py / gain]])
             return LetterboxView(to_yolo_tensor(img)[None], (img.shape[1], img.shape[0]), to_image,
                                  (0.0, 0.0, float(w0), float(h0)))
@@ -157,6 +207,13 @@ class YOLOPoseDecoder:
 
     def flip_input(self, x: torch.Tensor) -> torch.Tensor:
         return flip_input(x)
+
+    def letterbox_side(self, scale: float) -> int:
+        """The letterbox square's side at ``scale``: ``input_size * scale`` rounded to the largest stride, lowered
+        to the largest multiple of the stride whose square has at most ``max_input_pixels`` pixels."""
+        stride = max(self.strides)
+        side = max(stride, int(round(self.input_size * scale / stride)) * stride)
+        return min(side, max(stride, math.isqrt(self.max_input_pixels) // stride * stride))
 
     def add_scale(self, state: dict, outputs: dict, flipped: dict | None, view: LetterboxView, scale: float) -> None:
         state["bounds"] = view.bounds
