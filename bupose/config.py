@@ -249,8 +249,11 @@ SCHEMA: tuple[Option, ...] = (
          "mean keypoint confidence)", choices=("box", "box_x_keypoint")),
     _opt("TEST.FUSE_KEYPOINTS", False, "YOLO-Pose: keypoints of a kept person = confidence-weighted average over "
          "the candidates it suppressed"),
-    _opt("TEST.OFFICIAL_COORDINATES", False, "YOLO-Pose: map back as the official scale_coords (pixel-corner "
-         "convention, 0.5 px from bupose's pixel centres)"),
+    _opt("TEST.OFFICIAL_COORDINATES", False, "YOLO-Pose: letterbox and map back as the official code (pixel-corner "
+         "convention, 0.5 px from bupose's pixel centres), the path of TEST.OFFICIAL_PATH"),
+    _opt("TEST.OFFICIAL_PATH", "test", "YOLO-Pose with TEST.OFFICIAL_COORDINATES: test (the official test.py that "
+         "gives the published numbers: int() resize, scale_coords with the height ratio) or detect (detect.py)",
+         choices=("test", "detect")),
     _opt("TEST.FLIP_MODE", "fuse", "AdaptivePose flip test: official (average the centre heatmaps only; keypoints "
          "of the plain pass) or fuse (decode both passes, fuse each person's two poses by centre)",
          choices=("official", "fuse")),
@@ -270,6 +273,9 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TEST.OKS_THRE", 0.9, "top-down: OKS NMS threshold over an image's people (above 1: no suppression)",
          **_NONNEG),
     _opt("TEST.SOFT_NMS", False, "top-down: soft OKS NMS instead of OKS NMS"),
+    _opt("TEST.MAX_INPUT_PIXELS", 8388608, "most network-input pixels (batch x h x w) of one forward pass at test "
+         "time: larger passes get a smaller input (mapped back exactly), top-down crops run in chunks, images that "
+         "cannot fit are refused", min=4096),
     _opt("TEST.RESCORE_FILE", "", "DEKR rescoring-net weights (empty: scores as decoded)"),
 )
 

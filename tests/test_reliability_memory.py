@@ -235,3 +235,19 @@ def test_thin_images_in_a_memory_capped_process():
         "dekr 4000x1": "DataError", "dekr 1x4000": "DataError", "adaptive_pose 4000x1": "DataError",
         "adaptive_pose 1x4000": "DataError"}
     assert out["peak_rss_growth_mib"] < 200
+
+
+@pytest.mark.parametrize("cfg_file", ["experiments/synthetic/dekr_tiny_256.yaml",
+                                      "experiments/synthetic/adaptive_pose_tiny_256.yaml",
+                                      "experiments/synthetic/yolo_pose_tiny_320.yaml",
+                                      "experiments/synthetic/topdown_hrnet_simple_128x96.yaml"])
+def test_the_config_limit_reaches_every_decoder(cfg_file):
+    from bupose.config import load_config
+    from bupose.methods import build_method
+
+    cfg = load_config(REPO / cfg_file, ["TEST.MAX_INPUT_PIXELS", "123456", "TEST.OFFICIAL_COORDINATES", "True",
+                                        "TEST.OFFICIAL_PATH", "detect"])
+    decoder = build_method(cfg).decoder()
+    assert decoder.max_input_pixels == 123456
+    if hasattr(decoder, "official_coordinates"):
+        assert decoder.official_coordinates == "detect"

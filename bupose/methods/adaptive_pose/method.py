@@ -126,7 +126,8 @@ class AdaptivePoseMethod:
         return AdaptivePoseDecoder(flip_index=self.spec.flip_index, sigmas=self.spec.sigmas,
                                    input_size=self.cfg.DATASET.INPUT_SIZE, output_stride=OUTPUT_STRIDE,
                                    max_people=t.MAX_NUM_PEOPLE, threshold=t.KEYPOINT_THRESHOLD, flip=t.FLIP_MODE,
-                                   nms=t.POSE_NMS, oks_threshold=t.OKS_THRESHOLD)
+                                   nms=t.POSE_NMS, oks_threshold=t.OKS_THRESHOLD,
+                                   max_input_pixels=t.MAX_INPUT_PIXELS)
 
 
 class DLAAdaptivePoseMethod(AdaptivePoseMethod):

@@ -95,4 +95,5 @@ class DEKRMethod:
                            output_stride=self.cfg.DATASET.OUTPUT_STRIDE, max_people=t.MAX_NUM_PEOPLE,
                            keypoint_threshold=t.KEYPOINT_THRESHOLD, nms_dist=t.NMS_THRE, nms_num=t.NMS_NUM_THRE,
                            decrease=t.DECREASE, pool_thresholds=(t.POOL_THRESHOLD1, t.POOL_THRESHOLD2),
-                           flip_shift=t.FLIP_SHIFT, rescore=rescore)
+                           flip_shift=t.FLIP_SHIFT, rescore=rescore,
+                           max_input_pixels=t.MAX_INPUT_PIXELS)

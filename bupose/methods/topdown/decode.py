@@ -230,4 +230,4 @@ def build_decoder(cfg, spec, codec) -> TopDownDecoder:
                           heatmap_size=heatmap_size, codec=codec if m.CODEC else None, udp=udp,
                           post_process=t.POST_PROCESS, shift_heatmap=t.SHIFT_HEATMAP and not udp,
                           in_vis_thre=t.IN_VIS_THRE, oks_thre=t.OKS_THRE, soft_nms=t.SOFT_NMS,
-                          color_rgb=cfg.DATASET.COLOR_RGB)
+                          color_rgb=cfg.DATASET.COLOR_RGB, max_input_pixels=t.MAX_INPUT_PIXELS)

@@ -115,4 +115,5 @@ class YOLOPoseMethod:
                                input_size=self.cfg.DATASET.INPUT_SIZE, conf_threshold=t.KEYPOINT_THRESHOLD,
                                iou_threshold=t.IOU_THRESHOLD, max_people=t.MAX_NUM_PEOPLE, nms=t.NMS_KIND,
                                oks_threshold=t.OKS_THRESHOLD, score=t.SCORE_KIND, fuse_keypoints=t.FUSE_KEYPOINTS,
-                               official_coordinates=t.OFFICIAL_COORDINATES)
+                               official_coordinates=t.OFFICIAL_PATH if t.OFFICIAL_COORDINATES else False,
+                               max_input_pixels=t.MAX_INPUT_PIXELS)
