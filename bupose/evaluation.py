@@ -26,6 +26,7 @@ other images, so restricting the accumulation to a subset's images equals re-eva
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ import numpy as np
 
 from bupose.data.keypoints import get_spec
 from bupose.errors import DataError
+
+log = logging.getLogger("bupose")
 
 COCO_METRICS = ("AP", "AP50", "AP75", "AP_M", "AP_L", "AR", "AR50", "AR75", "AR_M", "AR_L")
 CROWDPOSE_METRICS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
@@ -64,6 +67,11 @@ PROTOCOLS = {"coco": COCO_PROTOCOL, "ochuman": COCO_PROTOCOL, "crowdpose": CROWD
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading and checking inputs
+#
+# Values are checked on whole arrays: a list of entries converts to a numeric array in one step, and only when that
+# fails (or the array holds a bad value) is the first bad entry searched for, to name it. Numbers may be JSON integers
+# or floats; ids must be integral (1000001.0 is image 1000001; 1000001.5 is refused); null and strings are refused,
+# and so are booleans as scores and ids. Detections of another category_id are dropped with a warning (how many).
 # ----------------------------------------------------------------------------------------------------------------
 def _load_json(obj, what: str):
     if isinstance(obj, (str, os.PathLike)):
@@ -78,48 +86,116 @@ def _load_json(obj, what: str):
     return obj, f"<{what}>"
 
 
+def _describe(value) -> str:
+    """A short description of a JSON value that is not the number it should be."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {value[:20]!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'dict'}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+MISSING = object()  # what ``dict.get(key, MISSING)`` gives for a missing key
+
+
+def _numbers(values: list, entry, what: str, length: int | None = None, expected: str = "", hint: str = ""
+             ) -> np.ndarray:
+    """``values`` (one per entry: a number, or a list of ``length`` numbers) as a float64 array; DataError naming the
+    first entry (``entry(i)``) whose value is :data:`MISSING` (the message ends with ``hint``), null, a string, a
+    boolean or of another length (``expected`` says what the length should be)."""
+    shape = (len(values),) if length is None else (len(values), length)
+    try:
+        with np.errstate(all="ignore"):
+            arr = np.array(values)
+    except (ValueError, TypeError, OverflowError):  # ragged lists
+        arr = np.zeros(0, object)
+    # numpy reads a JSON true as 1 among numbers: refused for single values (a check of every list value would cost
+    # more than the conversion)
+    if arr.shape == shape and arr.dtype.kind in "iuf" and (length is not None or bool not in set(map(type, values))):
+        return arr.astype(np.float64, copy=False)
+    for i, v in enumerate(values):
+        if v is MISSING:
+            raise DataError(f"{entry(i)} has no '{what}'{' ' + hint if hint else ''}")
+        if length is not None and not (isinstance(v, (list, tuple, np.ndarray)) and len(v) == length):
+            got = f"{len(v)} values" if isinstance(v, (list, tuple, np.ndarray)) else _describe(v)
+            raise DataError(f"{entry(i)}: '{what}' has {got}, expected {expected or length}")
+        items = v if length is not None else [v]
+        bad = [j for j, x in enumerate(items) if not _is_number(x)]
+        if bad:
+            where = "" if length is None else f" value #{bad[0]}"
+            raise DataError(f"{entry(i)}: '{what}'{where} is {_describe(items[bad[0]])}, expected a number")
+    return np.array(values, np.float64).reshape(shape)  # numbers numpy kept as objects (huge ints)
+
+
+def _integer_ids(values: list, entry, what: str, hint: str = "") -> np.ndarray:
+    """``values`` as int64; DataError naming the first entry whose value is not an integral number (ids compare by
+    value: 1000001.5 would otherwise become image 1000001)."""
+    try:
+        arr = np.array(values)
+    except (ValueError, TypeError, OverflowError):
+        arr = np.zeros(0, object)
+    if arr.shape == (len(values),) and arr.dtype.kind in "iu" and bool not in set(map(type, values)):
+        return arr.astype(np.int64)  # integers stay exact (no detour through float64)
+    arr = _numbers(values, entry, what, hint=hint)
+    integral = np.isfinite(arr) & (arr == np.round(arr)) & (np.abs(arr) < 2.0 ** 53)
+    if not integral.all():
+        i = int(np.nonzero(~integral)[0][0])
+        raise DataError(f"{entry(i)}: '{what}' is {values[i]!r}, expected an integer")
+    return arr.astype(np.int64)
+
+
+def _require_dicts(entries: list, source: str, kind: str) -> None:
+    """DataError naming the first entry of ``entries`` that is not a JSON object."""
+    if not all(isinstance(e, dict) for e in entries):
+        i = next(i for i, e in enumerate(entries) if not isinstance(e, dict))
+        raise DataError(f"{source}: {kind} #{i} is {_describe(entries[i])}, expected a JSON object")
+
+
 class _GroundTruth:
     """GT of one category as flat arrays, grouped by image (images in sorted id order, annotations in file order)."""
 
     def __init__(self, gt: dict, source: str, num_keypoints: int, category_id: int, protocol: Protocol):
+        if not isinstance(gt, dict):
+            raise DataError(f"{source}: the ground truth must be a COCO-format JSON object, got "
+                            f"{type(gt).__name__}")
         for key in ("images", "annotations"):
-            if key not in gt:
+            if not isinstance(gt.get(key), list):
                 raise DataError(f"{source}: ground truth has no '{key}' list (not a COCO-format file)")
-        self.image_ids = np.unique(np.array([im["id"] for im in gt["images"]], dtype=np.int64))
-        self.crowd_index = {im["id"]: im.get("crowdIndex") for im in gt["images"]}
+        if not gt["images"]:
+            raise DataError(f"{source}: the ground truth has no images ('images' is empty): nothing to evaluate on")
+        _require_dicts(gt["images"], source, "image")
+        _require_dicts(gt["annotations"], source, "annotation")
+        ids = _integer_ids([im.get("id", MISSING) for im in gt["images"]], lambda i: f"{source}: image #{i}", "id")
+        self.image_ids = np.unique(ids)
+        self.crowd_index = {int(i): im.get("crowdIndex") for i, im in zip(ids, gt["images"])}
         anns = [a for a in gt["annotations"] if a.get("category_id") == category_id]
-        k = num_keypoints
-        kpts = np.zeros((len(anns), k, 3), np.float64)
-        boxes = np.zeros((len(anns), 4), np.float64)
-        area = np.zeros(len(anns), np.float64)
-        ignore = np.zeros(len(anns), bool)
-        crowd = np.zeros(len(anns), bool)
-        ids = np.zeros(len(anns), np.int64)
-        img = np.zeros(len(anns), np.int64)
-        for i, a in enumerate(anns):
-            where = f"{source}: annotation id {a.get('id')} (image {a.get('image_id')})"
-            kp = a.get("keypoints")
-            if kp is None or len(kp) != 3 * k:
-                raise DataError(f"{where}: 'keypoints' has {None if kp is None else len(kp)} values, expected "
-                                f"{3 * k} ({k} keypoints x 3)")
-            if "bbox" not in a or len(a["bbox"]) != 4:
-                raise DataError(f"{where}: 'bbox' must be [x, y, w, h]")
-            if "num_keypoints" not in a:
-                raise DataError(f"{where}: missing 'num_keypoints' (the official evaluators read it to ignore "
-                                f"people without labelled keypoints)")
-            kpts[i] = np.asarray(kp, np.float64).reshape(k, 3)
-            boxes[i] = a["bbox"]
-            if protocol.box_area_factor is not None:
-                area[i] = protocol.box_area_factor * a["bbox"][2] * a["bbox"][3]
-            elif "area" in a:
-                area[i] = a["area"]
-            else:
-                raise DataError(f"{where}: missing 'area' (COCO protocol; use dataset='crowdpose' for files "
-                                f"without areas)")
-            crowd[i] = bool(a.get("iscrowd", 0))
-            ignore[i] = crowd[i] or a["num_keypoints"] == 0
-            ids[i] = a["id"]
-            img[i] = a["image_id"]
+        k, n = num_keypoints, len(anns)
+
+        def entry(i):
+            return f"{source}: annotation id {anns[i].get('id')} (image {anns[i].get('image_id')})"
+
+        kpts = _numbers([a.get("keypoints", MISSING) for a in anns], entry, "keypoints", 3 * k,
+                        f"{3 * k} ({k} keypoints x 3)").reshape(n, k, 3)
+        boxes = _numbers([a.get("bbox", MISSING) for a in anns], entry, "bbox", 4, "4 ([x, y, w, h])").reshape(n, 4)
+        if protocol.box_area_factor is not None:
+            area = protocol.box_area_factor * boxes[:, 2] * boxes[:, 3]
+        else:
+            area = _numbers([a.get("area", MISSING) for a in anns], entry, "area",
+                            hint="(COCO protocol; use dataset='crowdpose' for files without areas)")
+        num_labelled = _numbers([a.get("num_keypoints", MISSING) for a in anns], entry, "num_keypoints",
+                                hint="(the official evaluators read it to ignore people without labelled keypoints)")
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
+        ignore = crowd | (num_labelled == 0)
+        ids = _integer_ids([a.get("id", MISSING) for a in anns], entry, "id")
+        img = _integer_ids([a.get("image_id", MISSING) for a in anns], entry, "image_id")
         pos = np.searchsorted(self.image_ids, img)
         bad = (pos >= len(self.image_ids)) | (self.image_ids[np.minimum(pos, len(self.image_ids) - 1)] != img)
         if bad.any():
@@ -137,26 +213,12 @@ class _Detections:
 
     def __init__(self, dets: Sequence[dict], source: str, gt: _GroundTruth, num_keypoints: int, category_id: int,
                  max_det: int):
-        k = num_keypoints
-        dets = [d for d in dets if d.get("category_id", category_id) == category_id]
-        n = len(dets)
-        kpts = np.zeros((n, k, 3), np.float64)
-        score = np.zeros(n, np.float64)
-        img = np.zeros(n, np.int64)
-        for i, d in enumerate(dets):
-            for key in ("image_id", "keypoints", "score"):
-                if key not in d:
-                    raise DataError(f"{source}: detection #{i} has no '{key}' (COCO results format: image_id, "
-                                    f"category_id, keypoints, score)")
-            if len(d["keypoints"]) != 3 * k:
-                raise DataError(f"{source}: detection #{i} (image {d['image_id']}) has {len(d['keypoints'])} "
-                                f"keypoint values, expected {3 * k} ({k} keypoints x 3)")
-            kpts[i] = np.asarray(d["keypoints"], np.float64).reshape(k, 3)
-            score[i] = d["score"]
-            img[i] = d["image_id"]
+        kpts, score, img, index = _detection_arrays(dets, source, num_keypoints, category_id)
+        n = len(score)
         if n and not (np.isfinite(kpts).all() and np.isfinite(score).all()):
             bad = int(np.nonzero(~(np.isfinite(kpts).all((1, 2)) & np.isfinite(score)))[0][0])
-            raise DataError(f"{source}: detection #{bad} (image {img[bad]}) has non-finite keypoints or score")
+            raise DataError(f"{source}: detection #{index[bad]} (image {img[bad]}) has non-finite keypoints or "
+                            f"score")
         pos = np.searchsorted(gt.image_ids, img)
         unknown = (pos >= len(gt.image_ids)) | (gt.image_ids[np.minimum(pos, len(gt.image_ids) - 1)] != img)
         if unknown.any():
@@ -179,6 +241,29 @@ class _Detections:
             self.area = np.zeros(0)
         self.count = np.minimum(count, max_det)
         self.start = np.concatenate([[0], np.cumsum(self.count)[:-1]])
+
+
+def _detection_arrays(dets: Sequence[dict], source: str, num_keypoints: int, category_id: int):
+    """The detections of ``category_id`` as arrays: keypoints ``(n, K, 3)``, scores ``(n,)``, image ids ``(n,)`` and
+    their positions in ``dets`` (to name them). Detections of other categories are dropped, with a log line."""
+    _require_dicts(dets, source, "detection")
+    keep = [i for i, d in enumerate(dets) if d.get("category_id", category_id) == category_id]
+    if len(keep) < len(dets):
+        log.warning("%s: %d of %d detections have a category_id other than %d and are not evaluated", source,
+                    len(dets) - len(keep), len(dets), category_id)
+        dets = [dets[i] for i in keep]
+    index = np.asarray(keep, np.int64)
+
+    def entry(i):
+        return f"{source}: detection #{index[i]}" + (f" (image {dets[i]['image_id']})" if "image_id" in dets[i]
+                                                      else "")
+
+    k, form = num_keypoints, "(COCO results format: image_id, category_id, keypoints, score)"
+    img = _integer_ids([d.get("image_id", MISSING) for d in dets], entry, "image_id", hint=form)
+    kpts = _numbers([d.get("keypoints", MISSING) for d in dets], entry, "keypoints", 3 * k,
+                    f"{3 * k} ({k} keypoints x 3)", hint=form).reshape(len(dets), k, 3)
+    score = _numbers([d.get("score", MISSING) for d in dets], entry, "score", hint=form)
+    return kpts, score, img, index
 
 
 # ----------------------------------------------------------------------------------------------------------------

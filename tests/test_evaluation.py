@@ -105,7 +105,7 @@ def test_bad_inputs_are_named(tmp_path, shared_dir):
     ev = KeypointEvaluator(gt_file, "crowdpose")
     with pytest.raises(DataError, match="not in the ground truth.*123456789"):
         ev.evaluate([{"image_id": 123456789, "category_id": 1, "keypoints": [0] * 42, "score": 1}])
-    with pytest.raises(DataError, match="detection #0 .* 51 keypoint values, expected 42"):
+    with pytest.raises(DataError, match=r"detection #0 \(image 101955\): 'keypoints' has 51 values, expected 42"):
         ev.evaluate([{"image_id": 101955, "category_id": 1, "keypoints": [0] * 51, "score": 1}])
     with pytest.raises(DataError, match="no 'score'"):
         ev.evaluate([{"image_id": 101955, "category_id": 1, "keypoints": [0] * 42}])
@@ -151,3 +151,111 @@ def test_eval_json_cli(tmp_path, shared_dir):
                           "--dt", str(tmp_path / "missing.json"), "--dataset", "crowdpose"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.json" in bad.stderr
+
+
+# -- input checks: every entry that cannot be evaluated as it is is named; nothing is dropped or rounded silently ----
+@pytest.fixture(scope="module")
+def small_case():
+    gt, dets = make_eval_case(12, 3, get_spec("crowdpose"), seed=7)
+    assert len(dets) > 10 and {d["image_id"] for d in dets} <= {im["id"] for im in gt["images"]}
+    return gt, dets
+
+
+def _changed(dets, i, **fields):
+    """A deep copy of ``dets`` whose ``i``-th entry has ``fields`` set (a value of None deletes the key when the
+    field is given as ``key_=None``)."""
+    out = copy.deepcopy(dets)
+    for key, value in fields.items():
+        if key.endswith("_"):
+            del out[i][key[:-1]]
+        else:
+            out[i][key] = value
+    return out
+
+
+def test_integral_numbers_of_any_json_type_are_accepted(small_case):
+    gt, dets = small_case
+    ev = KeypointEvaluator(gt, "crowdpose")
+    expected = ev.evaluate(dets)
+    as_ints = copy.deepcopy(dets)
+    for d in as_ints:
+        d["image_id"] = float(d["image_id"])  # 1003.0 is image 1003
+        d["keypoints"] = [int(round(v)) for v in d["keypoints"]]  # integer coordinates are valid numbers
+    rounded = [{**d, "keypoints": [float(round(v)) for v in d["keypoints"]]} for d in dets]
+    assert ev.evaluate(as_ints) == ev.evaluate(rounded)
+    assert ev.evaluate(json.loads(json.dumps(dets))) == expected
+
+
+@pytest.mark.parametrize("i,fields,message", [
+    (4, {"image_id": 1003.5}, r"detection #4 \(image 1003.5\): 'image_id' is 1003.5, expected an integer"),
+    (5, {"image_id": "1003"}, r"detection #5 \(image 1003\): 'image_id' is the string '1003', expected a number"),
+    (2, {"score": "0.9"}, r"detection #2 \(image \d+\): 'score' is the string '0.9', expected a number"),
+    (3, {"score": None}, r"detection #3 \(image \d+\): 'score' is null, expected a number"),
+    (1, {"score": True}, r"detection #1 \(image \d+\): 'score' is the boolean true, expected a number"),
+    (6, {"keypoints": [0.0] * 4 + [None] + [0.0] * 37},
+     r"detection #6 \(image \d+\): 'keypoints' value #4 is null, expected a number"),
+    (7, {"keypoints": ["1"] * 42}, r"detection #7 \(image \d+\): 'keypoints' value #0 is the string '1'"),
+    (8, {"keypoints": None}, r"detection #8 \(image \d+\): 'keypoints' has null, expected 42 \(14 keypoints x 3\)"),
+    (9, {"score_": None}, r"detection #9 \(image \d+\) has no 'score'"),
+    (0, {"image_id_": None}, r"detection #0 has no 'image_id'"),
+])
+def test_bad_detection_values_are_named(small_case, i, fields, message):
+    gt, dets = small_case
+    with pytest.raises(DataError, match=r"^<detections>: " + message):
+        KeypointEvaluator(gt, "crowdpose").evaluate(_changed(dets, i, **fields))
+
+
+def test_a_detections_file_entry_that_is_not_an_object_is_named(small_case, tmp_path):
+    gt, dets = small_case
+    path = tmp_path / "dt.json"
+    path.write_text(json.dumps(dets[:3] + [[1, 2, 3]] + dets[3:]))
+    with pytest.raises(DataError, match=r"dt.json: detection #3 is a list, expected a JSON object"):
+        KeypointEvaluator(gt, "crowdpose").evaluate(path)
+
+
+def test_detections_of_another_category_are_dropped_with_a_warning(small_case, caplog):
+    gt, dets = small_case
+    ev = KeypointEvaluator(gt, "crowdpose")
+    other = _changed(_changed(dets, 3, category_id=2), 5, category_id=2)
+    with caplog.at_level("WARNING", logger="bupose"):
+        got = ev.evaluate(other)
+    assert "<detections>: 2 of %d detections have a category_id other than 1 and are not evaluated" % len(dets) \
+        in caplog.text
+    assert got == ev.evaluate([d for j, d in enumerate(dets) if j not in (3, 5)])
+    with pytest.raises(DataError, match=r"detection #7 "):  # entries keep their numbers in the file
+        ev.evaluate(_changed(other, 7, score=None))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda gt: gt.update(images=[]), r"the ground truth has no images \('images' is empty\)"),
+    (lambda gt: gt["images"][2].update(id=1002.5), r"image #2: 'id' is 1002.5, expected an integer"),
+    (lambda gt: gt["annotations"][1].update(image_id=1000.5), r"annotation id \d+ \(image 1000.5\): 'image_id' is "
+                                                               r"1000.5, expected an integer"),
+    (lambda gt: gt["annotations"][1]["keypoints"].__setitem__(0, None),
+     r"annotation id \d+ \(image \d+\): 'keypoints' value #0 is null"),
+    (lambda gt: gt["annotations"][2]["bbox"].__setitem__(3, "12"), r"annotation id \d+ \(image \d+\): 'bbox' value "
+                                                                   r"#3 is the string '12'"),
+    (lambda gt: gt["annotations"][0].pop("num_keypoints"), r"annotation id 1 \(image \d+\) has no 'num_keypoints'"),
+    (lambda gt: gt["annotations"].append(7), r"annotation #\d+ is 7 \(int\), expected a JSON object"),
+])
+def test_bad_ground_truth_values_are_named(small_case, change, message):
+    gt = copy.deepcopy(small_case[0])
+    change(gt)
+    with pytest.raises(DataError, match=r"^<ground truth>: " + message):
+        KeypointEvaluator(gt, "crowdpose")
+
+
+def test_large_integer_ids_stay_exact(small_case):
+    """Ids are compared as int64: an annotation id above 2**53 keeps its last digit (no detour through floats)."""
+    gt = copy.deepcopy(small_case[0])
+    gt["annotations"][0]["id"] = 2 ** 62 + 1
+    ev = KeypointEvaluator(gt, "crowdpose")
+    assert (2 ** 62 + 1) in ev.gt.ids.tolist()
+
+
+def test_missing_fields_keep_their_hints(small_case):
+    gt = copy.deepcopy(small_case[0])
+    del gt["annotations"][0]["area"]
+    with pytest.raises(DataError, match=r"annotation id 1 \(image \d+\) has no 'area' \(COCO protocol; use "
+                                        r"dataset='crowdpose'"):
+        KeypointEvaluator(gt, "coco", sigmas=get_spec("crowdpose").sigmas)

@@ -6,6 +6,7 @@ with two gloo processes against one process, and (slow) overfitting a few images
 import csv
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -273,6 +274,122 @@ def test_a_non_finite_loss_before_any_checkpoint(tiny_cfg, tmp_path, monkeypatch
     _poison_loss(monkeypatch, 1)
     with pytest.raises(FloatingPointError, match=r"epoch 1, iteration 1 .*No checkpoint was written yet"):
         Trainer(tiny_cfg(), tmp_path / "run", progress=False).train()
+
+
+def _scale_loss_at(monkeypatch, at_call: int, make):
+    """Replace the DEKR loss at its ``at_call``-th call (1-based) by ``make(loss)``."""
+    from bupose.methods.dekr.loss import DEKRLoss
+
+    forward, calls = DEKRLoss.forward, [0]
+
+    def changed(self, outputs, targets, **kwargs):
+        calls[0] += 1
+        losses = forward(self, outputs, targets, **kwargs)
+        if calls[0] == at_call:
+            losses["loss"] = make(losses["loss"])
+        return losses
+
+    monkeypatch.setattr(DEKRLoss, "forward", changed)
+
+
+def _finite_state(state: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("make,problem", [
+    # a finite loss whose gradient is NaN (0 * d sqrt(u)/du at u = 0): the last step of epoch 2 makes the weights NaN
+    (lambda loss: loss + 0.0 * torch.sqrt(loss - loss), r"the model holds NaN or infinite values"),
+    # a huge but finite loss: plain SGD's last step of epoch 2 throws the weights far out (finite, > 1e6)
+    (lambda loss: loss * 1e12, r"the model's weights exploded: \d+ parameter tensors? with values above 1e\+06"),
+])
+def test_a_diverged_state_is_never_saved_over_the_last_good_checkpoint(tiny_cfg, tmp_path, monkeypatch, make,
+                                                                        problem):
+    out = tmp_path / "run"
+    _scale_loss_at(monkeypatch, 4 + 4, make)  # 4 iterations per epoch: the last iteration of epoch 2
+    trainer = Trainer(tiny_cfg("TRAIN.OPTIMIZER", "sgd"), out, progress=False)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.train()
+    msg = str(info.value)
+    assert re.search(r"training diverged in epoch 2: after it, " + problem, msg), msg
+    assert f"{out / 'checkpoint.pth'} (after epoch 1) is intact" in msg
+    kept = read_checkpoint(out / "checkpoint.pth")
+    assert kept["epoch"] == 1 and _finite_state(kept["model"])
+    assert max(float(v.abs().max()) for v in kept["model"].values() if v.is_floating_point()) < 1e3
+    assert _epochs(out) == [1] and not (out / "final_state.pth").exists()
+    monkeypatch.undo()
+    Trainer(tiny_cfg("TRAIN.OPTIMIZER", "sgd"), out, progress=False).train()  # resuming from it trains normally
+    assert _epochs(out) == [1, 2] and _finite_state(_model_state(out / "final_state.pth"))
+
+
+def test_the_divergence_rule(tiny_cfg, tmp_path):
+    """NaN / inf anywhere in the model, its buffers, the EMA or the optimizer state, or a parameter above 1e6."""
+    trainer = Trainer(tiny_cfg("TRAIN.EMA", True), tmp_path / "run", progress=False)
+    assert trainer.divergence() is None
+    with torch.no_grad():
+        bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.running_var.fill_(1e9)  # a large buffer alone is not judged
+        assert trainer.divergence() is None
+        bn.running_var[0] = float("inf")
+        assert "the model holds NaN or infinite values" in trainer.divergence()
+        bn.running_var.fill_(1.0)
+        weight = next(trainer.ema.module.parameters())
+        weight[0] = 2e6
+        assert "the EMA's weights exploded: 1 parameter tensor with values above 1e+06" in trainer.divergence()
+        weight[0] = 0.0
+    trainer.optimizer.state[next(trainer.model.parameters())] = {"exp_avg": torch.tensor([float("nan")])}
+    assert "the optimizer state holds NaN" in trainer.divergence()
+
+
+def test_resuming_from_a_checkpoint_with_non_finite_state_is_refused(straight_run, tiny_cfg, tmp_path):
+    state = read_checkpoint(straight_run / "checkpoint.pth")
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = state["model"][first] * float("nan")
+    save_checkpoint(state, tmp_path / "nan_model.pth")
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*nan_model.pth: .*1 of its \d+ weight tensors "
+                                              r"hold NaN or infinite values \(" + re.escape(first)):
+        Trainer(tiny_cfg(), tmp_path / "a", resume=tmp_path / "nan_model.pth", progress=False)
+    state = read_checkpoint(straight_run / "checkpoint.pth")
+    moments = next(iter(state["optimizer"]["state"].values()))
+    moments["exp_avg"] = moments["exp_avg"] * float("inf")
+    save_checkpoint(state, tmp_path / "nan_optimizer.pth")
+    with pytest.raises(CheckpointError, match=r"nan_optimizer.pth: 1 tensors of its optimizer / EMA state hold NaN"):
+        Trainer(tiny_cfg(), tmp_path / "b", resume=tmp_path / "nan_optimizer.pth", progress=False)
+
+
+# -- the output folder ----------------------------------------------------------------------------------------------
+def test_an_unwritable_output_folder_is_refused_when_the_trainer_is_built(tiny_cfg, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"the output folder .*file/out is not writable \((FileExistsError|"
+                                          r"NotADirectoryError)"):
+        Trainer(tiny_cfg(), tmp_path / "file" / "out", progress=False)
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.access(read_only, os.W_OK):  # root ignores the mode: fail the write as a read-only folder would
+        import tempfile
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(kwargs.get("dir")))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ConfigError, match=r"the output folder .*read_only is not writable \(PermissionError: "
+                                          r"Permission denied\)"):
+        Trainer(tiny_cfg(), read_only, progress=False)
+    read_only.chmod(0o755)
+
+
+def test_stale_temporary_checkpoints_are_removed_at_the_next_start(tiny_cfg, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale = [out / f".checkpoint.pth.tmp{dead_pid}", out / f".model_best.pth.tmp{dead_pid}"]
+    live = [out / f".checkpoint.pth.tmp{os.getppid()}", out / f".checkpoint.pth.tmp{os.getpid()}"]
+    others = [out / "checkpoint.pth.tmp1", out / ".notes.tmp"]  # not save_checkpoint's pattern
+    for path in stale + live + others:
+        path.write_bytes(b"PK\x03\x04partial")
+    Trainer(tiny_cfg(), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in live + others)
 
 
 # -- MODEL.PRETRAINED -----------------------------------------------------------------------------------------------

@@ -47,11 +47,13 @@ def main(argv=None) -> int:
         from bupose import build_model, load_checkpoint, save_config
         from bupose.engine.evaluate import evaluate_split
         from bupose.engine.trainer import default_output_dir
+        from bupose.engine.checkpoint import ensure_writable_folder
         from bupose.evaluation import format_metrics
 
         cfg = load_config(args.cfg, args.opts)
         out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(cfg)
         split = args.split or cfg.DATASET.TEST_SET
+        ensure_writable_folder(out_dir / "results", "results folder")  # before any work
         weights = find_weights(cfg, out_dir)
         model = build_model(cfg)
         load_checkpoint(model, weights)

@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from bupose.data.build import prepare_dataset
 from bupose.data.catalogue import dataset_entry
+from bupose.engine.checkpoint import ensure_writable_folder
 from bupose.evaluation import KeypointEvaluator, people_to_results, save_results
 from bupose.inference.predictor import Predictor
 
@@ -28,7 +29,10 @@ def predict_split(cfg, model, split: str, progress: bool = True, limit: int = 0)
 
 def evaluate_split(cfg, model, split: str, out_file: str | Path | None = None, progress: bool = True,
                    limit: int = 0) -> dict[str, float]:
-    """Metrics of ``model`` on ``split``; the results file is written to ``out_file`` when given."""
+    """Metrics of ``model`` on ``split``; the results file is written to ``out_file`` when given (its folder is
+    checked for writing first: a ConfigError before the run, not an OSError after it)."""
+    if out_file is not None:
+        ensure_writable_folder(Path(out_file).parent, "results folder")
     results, reader = predict_split(cfg, model, split, progress, limit)
     if out_file is not None:
         save_results(results, out_file)

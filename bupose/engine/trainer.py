@@ -6,6 +6,12 @@ permutation seeded by ``(SEED, e)`` and every sample's augmentation by ``(SEED, 
 same set of samples whatever the number of processes (each process takes its share of it), and the losses are
 normalised over the global batch, so a run on N processes follows the same path as one process with N times the
 batch (up to batch-norm statistics, which are per process unless ``TRAIN.SYNC_BN``).
+
+No silent corruption: the output folder must be writable when the Trainer is built (a ConfigError otherwise, before
+any training), and temporary files of saves killed in earlier runs are removed then. A non-finite loss stops the run
+before its optimiser step; at the end of each epoch, before anything is saved, the state is checked, and a diverged
+state stops the run without overwriting the last good checkpoint (:meth:`Trainer.divergence`: NaN / infinite values
+in the weights, buffers, EMA or optimizer state, or a weight above :data:`EXPLODED_WEIGHT` in absolute value).
 """
 from __future__ import annotations
 
@@ -22,12 +28,18 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from bupose.config import Config, save_config
-from bupose.engine.checkpoint import read_checkpoint, save_checkpoint, unwrap_checkpoint, unwrap_state_dict
+from bupose.engine.checkpoint import (ensure_writable_folder, non_finite_entries, read_checkpoint,
+                                     remove_stale_temporaries, save_checkpoint, shorten_keys, unwrap_checkpoint,
+                                     unwrap_state_dict)
 from bupose.engine.optim import ModelEMA, Schedule, build_optimizer, learning_rate  # noqa: F401 (re-exported)
 from bupose.inference.predictor import resolve_device
 from bupose.methods import build_method
 
 log = logging.getLogger("bupose")
+
+# A parameter (of the model or its EMA) above this in absolute value marks a diverged run whose state is not saved.
+# Trained pose networks keep their weights orders of magnitude below it (BN statistics, buffers, are not judged by it).
+EXPLODED_WEIGHT = 1e6
 
 
 def default_output_dir(cfg: Config) -> Path:
@@ -102,6 +114,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, layers=("*"
     if bad:
         raise CheckpointError(f"MODEL.PRETRAINED {path}: {len(bad)} shapes differ from the model: "
                               + "; ".join(bad[:5]))
+    bad = non_finite_entries(use)
+    if bad:
+        raise CheckpointError(f"MODEL.PRETRAINED {path}: {len(bad)} of its tensors hold NaN or infinite values "
+                              f"({shorten_keys(bad)}): the file is damaged")
     model.load_state_dict(use, strict=False)
     log.info("MODEL.PRETRAINED: %d of the model's %d entries loaded from %s", len(use), len(ours), path)
     return len(use)
@@ -137,6 +153,8 @@ class Trainer:
         self.output_dir = Path(output_dir) if output_dir else default_output_dir(cfg)
         self.on_iteration = on_iteration
         self.progress = progress and self.rank == 0
+        if self.rank == 0:
+            self._prepare_output_dir()
 
         torch.manual_seed(cfg.SEED)
         self.method = build_method(cfg)
@@ -177,6 +195,13 @@ class Trainer:
         elif resume or (resume is None and cfg.TRAIN.AUTO_RESUME and ckpt.is_file()):
             self._resume(ckpt)
 
+    def _prepare_output_dir(self) -> None:
+        """Fail now, not after an epoch, when the output folder cannot be written; remove the temporary files of
+        checkpoint saves that were killed in earlier runs."""
+        ensure_writable_folder(self.output_dir, "output folder")
+        for path in remove_stale_temporaries(self.output_dir):
+            log.info("removed %s, left by a checkpoint save that was killed", path)
+
     # -- checkpoints --------------------------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
         state = {"model": unwrap_state_dict(self.ddp), "optimizer": self.optimizer.state_dict(),
@@ -205,6 +230,10 @@ class Trainer:
             load_checkpoint(self.model, state)
         except CheckpointError as e:
             raise CheckpointError(f"cannot resume from {path}: {e}") from None
+        bad = non_finite_entries({"optimizer": state["optimizer"], "ema": state.get("ema")})
+        if bad:
+            raise CheckpointError(f"cannot resume from {path}: {len(bad)} tensors of its optimizer / EMA state hold "
+                                  f"NaN or infinite values ({shorten_keys(bad)}): it was saved from a diverged run")
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -282,18 +311,50 @@ class Trainer:
             terms = " in another process"
         else:
             terms = " (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items()) + ")"
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}{terms}; stopping. "
+                                 f"{self._kept_checkpoint()}")
+
+    def _kept_checkpoint(self) -> str:
+        """Which checkpoint a stopped run leaves, and what to do next."""
         ckpt = self.output_dir / "checkpoint.pth"
         if self.last_checkpoint is not None:
             path, done = self.last_checkpoint
-            state = (f"The last checkpoint {path} (after epoch {done}) is intact: lower TRAIN.LR or set "
-                     f"TRAIN.CLIP_GRAD and resume")
-        elif ckpt.is_file():
-            state = f"This run wrote no checkpoint yet; {ckpt} is untouched (from an earlier run)"
-        else:
-            state = f"No checkpoint was written yet (none in {self.output_dir}): lower TRAIN.LR or set " \
-                    f"TRAIN.CLIP_GRAD and start again"
-        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, iteration {it + 1}{terms}; stopping. "
-                                 f"{state}")
+            return (f"The last checkpoint {path} (after epoch {done}) is intact: lower TRAIN.LR or set "
+                    f"TRAIN.CLIP_GRAD and resume")
+        if ckpt.is_file():
+            return f"This run wrote no checkpoint yet; {ckpt} is untouched (from an earlier run)"
+        return (f"No checkpoint was written yet (none in {self.output_dir}): lower TRAIN.LR or set TRAIN.CLIP_GRAD "
+                f"and start again")
+
+    def divergence(self) -> str | None:
+        """Why the current training state must not be saved, or None when it may: NaN / infinite values in the
+        model's parameters or buffers, the EMA or the optimizer state, or a parameter of the model or the EMA above
+        :data:`EXPLODED_WEIGHT` in absolute value (a finite loss can still give a step that explodes the weights)."""
+        model = getattr(self.ddp, "module", self.ddp)
+        parts = {"model": model.state_dict(), "optimizer state": self.optimizer.state_dict()["state"]}
+        modules = {"model": model}
+        if self.ema is not None:
+            parts["EMA"] = self.ema.module.state_dict()
+            modules["EMA"] = self.ema.module
+        for name, tree in parts.items():
+            bad = non_finite_entries(tree)
+            if bad:
+                return f"the {name} holds NaN or infinite values ({shorten_keys(bad, 5)})"
+        for name, module in modules.items():
+            peaks = {k: float(p.detach().abs().max()) for k, p in module.named_parameters() if p.numel()}
+            huge = {k: v for k, v in peaks.items() if v > EXPLODED_WEIGHT}
+            if huge:
+                tensors = f"{len(huge)} parameter tensor{'s' if len(huge) > 1 else ''}"
+                return (f"the {name}'s weights exploded: {tensors} with values above {EXPLODED_WEIGHT:g} in absolute "
+                        f"value (largest {max(huge.values()):.3g}; {shorten_keys(huge, 5)})")
+        return None
+
+    def _check_before_saving(self, epoch: int) -> None:
+        """FloatingPointError, before anything of epoch ``epoch`` is saved, when the state diverged."""
+        problem = self.divergence()
+        if problem is not None:
+            raise FloatingPointError(f"training diverged in epoch {epoch + 1}: after it, {problem}; stopping without "
+                                     f"saving this state. {self._kept_checkpoint()}")
 
     # -- the run ------------------------------------------------------------------------------------------------
     def validate(self, epoch: int) -> dict[str, float]:
@@ -312,6 +373,7 @@ class Trainer:
         writer = _tensorboard(self.output_dir) if self.rank == 0 else None
         for epoch in range(self.start_epoch, cfg.TRAIN.END_EPOCH):
             row = self.train_epoch(epoch)
+            self._check_before_saving(epoch)  # every process: their states are equal, so all stop together
             last = epoch + 1 == cfg.TRAIN.END_EPOCH
             if self.rank == 0 and cfg.TRAIN.VAL_FREQ > 0 and ((epoch + 1) % cfg.TRAIN.VAL_FREQ == 0 or last):
                 metrics = self.validate(epoch)

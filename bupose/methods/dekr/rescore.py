@@ -155,10 +155,9 @@ class RescoreNet(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 def _read_state_dict(checkpoint) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint error
-            raise CheckpointError(f"cannot read rescoring checkpoint {os.fspath(checkpoint)}: {e}") from None
+        from bupose.engine.checkpoint import read_checkpoint
+
+        checkpoint = read_checkpoint(checkpoint)  # checked: corrupted, empty or foreign files are named as such
     if isinstance(checkpoint, nn.Module):
         checkpoint = checkpoint.state_dict()
     if not isinstance(checkpoint, Mapping):
