@@ -17,12 +17,14 @@ from typing import Mapping
 
 from bupose.codecs.base import BaseKeypointCodec
 from bupose.codecs.heatmap import MSRAHeatmap, UDPHeatmap
+from bupose.codecs.simcc import SimCCLabel
 from bupose.errors import ConfigError
 
 #: mmpose codec ``type`` -> class
 CODECS = {
     "MSRAHeatmap": MSRAHeatmap,
     "UDPHeatmap": UDPHeatmap,
+    "SimCCLabel": SimCCLabel,
 }
 
 
@@ -49,4 +51,4 @@ def build_codec(cfg: Mapping) -> BaseKeypointCodec:
     return cls(**kwargs)
 
 
-__all__ = ["BaseKeypointCodec", "CODECS", "MSRAHeatmap", "UDPHeatmap", "build_codec"]
+__all__ = ["BaseKeypointCodec", "CODECS", "MSRAHeatmap", "SimCCLabel", "UDPHeatmap", "build_codec"]

@@ -15,6 +15,11 @@ Two optional shifts reproduce official test paths:
   = back[..., :-s]``, its first ``s`` columns left as they were -- the top-down HRNet test's ``TEST.SHIFT_HEATMAP``
   (Sun et al., "Deep High-Resolution Representation Learning for Human Pose Estimation", CVPR 2019) with ``s = 1``.
 
+1-D coordinate classifications (SimCC's x / y vectors, Li et al., ECCV 2022) flip back with
+:func:`flip_back_vectors`, mmpose's ``flip_vectors``: the x bins reversed, no shift (bin ``i`` -> ``Wx - 1 - i``,
+so with ``r`` bins per pixel a point at ``x`` comes back at ``x + (1 - 1 / r)`` px relative to the exact mirror
+``W - 1 - x``; 0.5 px for ``r = 2``, as in mmpose's flip test).
+
 Per-instance results (keypoints, points, boxes) are mirrored by the helpers of :mod:`bupose.data.geometry`, the
 single implementation, on numpy arrays or torch tensors. ``pixel_centre`` names where the coordinates put pixel 0's
 centre when a decoder works in another grid: ``0`` (bupose) mirrors ``x -> W - 1 - x``, ``0.5`` (pixel corners at
@@ -29,8 +34,8 @@ import torch
 
 from bupose.data import geometry as G
 
-__all__ = ["flip_input", "flip_back_maps", "pair_flip_index", "flip_back_offsets", "flip_back_poses",
-           "flip_back_points", "flip_back_boxes"]
+__all__ = ["flip_input", "flip_back_maps", "flip_back_vectors", "pair_flip_index", "flip_back_offsets",
+           "flip_back_poses", "flip_back_points", "flip_back_boxes"]
 
 
 def _flip_w(a):
@@ -96,6 +101,29 @@ def flip_back_maps(maps, flip_index: Sequence[int] | None = None, shift: int = 0
     if s:
         out[..., s:] = out[..., :-s].clone() if torch.is_tensor(out) else out[..., :-s].copy()
     return out
+
+
+def flip_back_vectors(simcc_x, simcc_y, flip_index: Sequence[int]):
+    """SimCC vectors of a mirrored input -> those of the original input (mmpose's ``flip_vectors``).
+
+    Args:
+        simcc_x: ``(B, K, Wx)`` torch tensor or numpy array, x-bin vectors for a mirrored input (not modified).
+        simcc_y: ``(B, K, Wy)`` y-bin vectors (not modified).
+        flip_index: the keypoint layout's ``(K,)`` flip index (or a KeypointSpec).
+    Returns:
+        ``(x, y)`` new arrays / tensors of the same kind: ``x[:, k, i] = simcc_x[:, flip_index[k], Wx - 1 - i]``,
+        ``y[:, k] = simcc_y[:, flip_index[k]]`` (no shift; see the module docstring).
+    """
+    if simcc_x.ndim != 3 or simcc_y.ndim != 3 or simcc_x.shape[:2] != simcc_y.shape[:2]:
+        raise ValueError(f"simcc_x / simcc_y must have shapes (B, K, Wx) / (B, K, Wy), got {tuple(simcc_x.shape)} "
+                         f"and {tuple(simcc_y.shape)}")
+    fi = _index_list(flip_index)
+    if len(fi) != simcc_x.shape[1]:
+        raise ValueError(f"flip_index has {len(fi)} entries for {simcc_x.shape[1]} keypoints")
+    if torch.is_tensor(simcc_x):
+        index = torch.as_tensor(fi, device=simcc_x.device)
+        return _flip_w(simcc_x[:, index]), simcc_y[:, torch.as_tensor(fi, device=simcc_y.device)].clone()
+    return _flip_w(simcc_x[:, fi]), simcc_y[:, fi].copy()
 
 
 def pair_flip_index(flip_index: Sequence[int]) -> list[int]:

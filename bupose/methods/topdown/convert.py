@@ -6,7 +6,8 @@ Layouts read (plain state_dicts, ``{"state_dict": ...}`` / ``{"model": ...}`` wr
 * official deep-high-resolution-net (``pose_hrnet_w32_256x192.pth``, ``pose_resnet_50_256x192.pth``): flat names;
   ``deconv_layers.*`` and ``final_layer.*`` are the head, everything else the backbone;
 * mmpose 0.x (``backbone.*``, ``keypoint_head.*``) and mmpose 1.x / bupose (``backbone.*``, ``head.*``; the
-  ``HeatmapHead`` names ``deconv_layers`` and ``final_layer``).
+  ``HeatmapHead`` names ``deconv_layers`` and ``final_layer``; the ``SimCCHead`` names ``deconv_head.*`` or
+  ``final_layer``, and ``mlp_head_x`` / ``mlp_head_y``: SimCC, Li et al., ECCV 2022).
 
 The backbone and head module names are those of the official code, so the mapping is a prefix. A checkpoint of
 another structure is refused with a CheckpointError that says what differs (backbone, depth or width, keypoint
@@ -33,6 +34,8 @@ SIGNATURE_KEYS = ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "final_
 HRNET_SIGNATURE_KEYS = SIGNATURE_KEYS + ("stage4.0.branches.0.0.conv1.weight",)
 RESNET_SIGNATURE_KEYS = SIGNATURE_KEYS + ("layer4.0.conv1.weight", "deconv_layers.0.weight")
 _HEAD_PREFIXES = ("deconv_layers.", "final_layer.")
+#: a SimCC head's x classifier (mmpose 1.x / bupose keys)
+SIMCC_KEY = "head.mlp_head_x.weight"
 _CLASSIFIER_KEYS = ("fc.weight", "classifier.weight")
 
 
@@ -41,7 +44,7 @@ def checkpoint_layout(state_dict: Mapping) -> str | None:
     has; ``None`` for anything else (ImageNet classification weights included)."""
     if any(k in state_dict for k in _CLASSIFIER_KEYS) or any(k.startswith("incre_modules.") for k in state_dict):
         return None
-    if FINAL_KEYS["bupose"] in state_dict and "backbone.conv1.weight" in state_dict:
+    if (FINAL_KEYS["bupose"] in state_dict or SIMCC_KEY in state_dict) and "backbone.conv1.weight" in state_dict:
         return "bupose"
     if FINAL_KEYS["mmpose0"] in state_dict and "backbone.conv1.weight" in state_dict:
         return "mmpose0"
@@ -81,16 +84,26 @@ def backbone_name(state_dict: Mapping, prefix: str = "backbone.") -> str | None:
 
 
 def deconv_shapes(state_dict: Mapping) -> list[tuple[int, int]]:
-    """``[(out_channels, kernel), ...]`` of the head's transposed convolutions (bupose keys)."""
-    n = _num_blocks(state_dict, "head.", "deconv_layers")
+    """``[(out_channels, kernel), ...]`` of the head's transposed convolutions (bupose keys; a SimCC head's under
+    ``head.deconv_head.``)."""
+    prefix = "head.deconv_head." if SIMCC_KEY in state_dict else "head."
+    n = _num_blocks(state_dict, prefix, "deconv_layers")
     return [(w.shape[1], w.shape[-1]) for i in range(0, n, 3)
-            if (w := state_dict.get(f"head.deconv_layers.{i}.weight")) is not None]
+            if (w := state_dict.get(f"{prefix}deconv_layers.{i}.weight")) is not None]
+
+
+def _final_key(state_dict: Mapping) -> str:
+    return "head.deconv_head.final_layer.weight" if "head.deconv_head.final_layer.weight" in state_dict \
+        else "head.final_layer.weight"
 
 
 def describe(state_dict: Mapping) -> str:
-    """A name for a bupose-keyed top-down state_dict: ``"HRNet-W32"``, ``"ResNet-50 SimpleBaseline"``, ..."""
+    """A name for a bupose-keyed top-down state_dict: ``"HRNet-W32"``, ``"ResNet-50 SimpleBaseline"``,
+    ``"ResNet-50 SimCC"``, ..."""
     name = backbone_name(state_dict) or "unknown backbone"
-    if name.startswith("ResNet") and deconv_shapes(state_dict):
+    if SIMCC_KEY in state_dict:
+        name += " SimCC"
+    elif name.startswith("ResNet") and deconv_shapes(state_dict):
         name += " SimpleBaseline"
     return name
 
@@ -107,7 +120,11 @@ def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
         if ckpt_bb and model_bb and ckpt_bb.startswith("HRNet") and model_bb.startswith("HRNet"):
             raise CheckpointError(f"backbone is {ckpt_bb} in the checkpoint, the model is {model_bb}")
         raise CheckpointError(f"checkpoint is {_a(describe(state_dict))}, the model is {_a(describe(ours))}")
-    final = "head.final_layer.weight"
+    if (SIMCC_KEY in state_dict) != (SIMCC_KEY in ours):
+        kinds = ["a SimCC head" if SIMCC_KEY in d else "a heatmap head" for d in (state_dict, ours)]
+        raise CheckpointError(f"checkpoint has {kinds[0]}, the model has {kinds[1]} (MODEL.CODEC type SimCCLabel "
+                              f"selects the SimCC head)")
+    final = _final_key(state_dict)
     if final in state_dict and final in ours and state_dict[final].shape[0] != ours[final].shape[0]:
         raise CheckpointError(f"final layer has {state_dict[final].shape[0]} joints in the checkpoint, the model "
                               f"has {ours[final].shape[0]}")
@@ -115,6 +132,13 @@ def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
     if ckpt_dc != model_dc:
         raise CheckpointError(f"heatmap head deconvolutions (out channels, kernel) are {ckpt_dc} in the checkpoint, "
                               f"{model_dc} in the model (MODEL.SPEC.NUM_DECONV_FILTERS / NUM_DECONV_KERNELS)")
+    for axis in ("x", "y"):
+        key = f"head.mlp_head_{axis}.weight"
+        if key in state_dict and key in ours and state_dict[key].shape != ours[key].shape:
+            (cb, cf), (mb, mf) = state_dict[key].shape, ours[key].shape
+            raise CheckpointError(f"SimCC {axis} classifier maps {cf} features to {cb} bins in the checkpoint, {mf} to "
+                                  f"{mb} in the model (MODEL.IMAGE_SIZE x simcc_split_ratio, and the feature map "
+                                  f"size)")
     check_same_architecture(state_dict, ours)
 
 

@@ -22,6 +22,13 @@ ECCV 2018; ``lib/core/function.py:validate`` and ``lib/dataset/coco.py:evaluate`
 Multi-scale (not in the official code): scale ``s`` crops ``s`` times the box extent; each pass's heatmaps are
 resampled into the scale-1 crop's heatmap frame (bilinear, zeros outside) and averaged there, so memory stays at
 one pass's heatmaps.
+
+SimCC (Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose Estimation", ECCV 2022;
+a :class:`~bupose.codecs.SimCCLabel` codec, outputs ``simcc_x`` / ``simcc_y``) takes mmpose's test path: the mirrored
+crops' vectors flipped back by :func:`bupose.inference.flip.flip_back_vectors` (x bins reversed, left / right
+swapped, no shift) and averaged with the plain ones, the codec's ``decode_batch`` (arg-max bins, optional 1-D
+DARK; scores: the smaller of the two maxima), mmpose's map back; rescoring and NMS as above. Multi-scale resamples
+each pass's vectors into the scale-1 crop's bins (linear, the end values repeated outside: the vectors are logits).
 """
 from __future__ import annotations
 
@@ -96,6 +103,21 @@ def to_scale_one_frame(heatmaps: torch.Tensor, scale: float, udp: bool = False) 
     return F.grid_sample(heatmaps, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+def vectors_to_scale_one_frame(vectors: torch.Tensor, scale: float) -> torch.Tensor:
+    """SimCC vectors ``(N, K, W)`` of crops ``scale`` times the box extent, resampled into the bins of the scale-1
+    crops (same centre): bin ``k`` reads the vector at ``(k - W / 2) / scale + W / 2`` (linear interpolation, the
+    end values outside, since the vectors are unbounded logits)."""
+    if scale == 1.0:
+        return vectors
+    w = vectors.shape[-1]
+    pos = (torch.arange(w, device=vectors.device, dtype=vectors.dtype) - w / 2.0) / scale + w / 2.0
+    pos = pos.clamp(0, w - 1)
+    lo = pos.floor().long().clamp(max=w - 1)
+    hi = (lo + 1).clamp(max=w - 1)
+    t = pos - lo.to(pos.dtype)
+    return vectors[..., lo] * (1 - t) + vectors[..., hi] * t
+
+
 class TopDownDecoder:
     """Top-down heatmap outputs of an image's person crops -> people (see the module docstring).
 
@@ -103,7 +125,9 @@ class TopDownDecoder:
         flip_index: the keypoint layout's flip index (K). sigmas: its OKS sigmas (K).
         input_size: crop (network input) size ``(w, h)``. heatmap_size: ``(W, H)``.
         codec: a heatmap codec (``decode_batch(heatmaps (N, K, H, W)) -> (keypoints (N, K, 2) input-crop pixels,
-            scores (N, K))``) used with ``post_process``; None: the official HRNet decoding.
+            scores (N, K))``) used with ``post_process``; None: the official HRNet decoding. A
+            :class:`~bupose.codecs.SimCCLabel` switches to the SimCC path (``simcc_x`` / ``simcc_y`` outputs; always
+            decoded by the codec).
         udp: UDP crops (with a UDP codec).
         post_process: refine the maxima (the official quarter step, or the codec's decode); False: plain arg-max.
         shift_heatmap: shift the flipped-back heatmaps one pixel right (official; not for UDP).
@@ -140,6 +164,7 @@ class TopDownDecoder:
         self.in_vis_thre, self.oks_thre, self.soft_nms = in_vis_thre, oks_thre, bool(soft_nms)
         self.color_rgb, self.padding, self.output_key = bool(color_rgb), padding, output_key
         self.max_input_pixels = int(max_input_pixels)
+        self.simcc = type(codec).__name__ == "SimCCLabel"
         self._people: tuple[PersonBoxes, np.ndarray, np.ndarray] | None = None
 
     # -- the engine's contract ----------------------------------------------------------------------------------
@@ -164,6 +189,8 @@ class TopDownDecoder:
         return flip.flip_input(x)
 
     def add_scale(self, state: dict, outputs, flipped, view: TopDownView, scale: float) -> None:
+        if self.simcc:
+            return self._add_simcc(state, outputs, flipped, scale)
         heatmaps = self._heatmaps(outputs).float()
         if flipped is not None:
             back = flip.flip_back_maps(self._heatmaps(flipped).float(), self.flip_index, shift=self.shift)
@@ -176,6 +203,13 @@ class TopDownDecoder:
         boxes, centers, sizes = self._people
         if state["sum"] is None or len(boxes.xywh) == 0:
             return People.empty(self.num_joints)
+        if self.simcc:
+            x, y = (v / state["passes"] for v in state["sum"])
+            locs, maxima = self.codec.decode_batch((x.cpu().numpy().astype(np.float32, copy=False),
+                                                    y.cpu().numpy().astype(np.float32, copy=False)))
+            if isinstance(maxima, tuple):  # decode_visibility: (scores, visibility)
+                maxima = maxima[0]
+            return self._people_of(locs, maxima, boxes, centers, sizes)
         heatmaps = (state["sum"] / state["passes"]).cpu().numpy().astype(np.float32, copy=False)
         if self.codec is not None and self.post_process:
             decode = getattr(self.codec, "decode_batch", None)
@@ -188,6 +222,13 @@ class TopDownDecoder:
         else:
             locs, maxima = heatmap_maxima(heatmaps, self.post_process and self.codec is None)
             xy = crops.heatmap_to_image(locs, centers, sizes, self.heatmap_size, udp=self.udp)
+        return self._finish_people(xy, maxima, boxes, sizes)
+
+    def _people_of(self, locs, maxima, boxes, centers, sizes) -> People:
+        return self._finish_people(crops.input_to_image(locs, centers, sizes, self.input_size), maxima, boxes, sizes)
+
+    def _finish_people(self, xy, maxima, boxes, sizes) -> People:
+        """Image keypoints ``(N, K, 2)`` and keypoint scores ``(N, K)`` -> rescored people after NMS."""
         maxima = np.asarray(maxima, np.float64)
         poses = np.concatenate([xy, maxima[..., None]], axis=2)
         scores = boxes.scores * self.keypoint_score(maxima)
@@ -205,6 +246,21 @@ class TopDownDecoder:
         areas = torch.from_numpy((sizes[:, 0] * sizes[:, 1]).astype(np.float64))  # float32 product, as officially
         nms = soft_oks_nms_mean_area if self.soft_nms else oks_nms_mean_area
         return nms(torch.from_numpy(poses), torch.from_numpy(scores), areas, self.sigmas, self.oks_thre)
+
+    def _add_simcc(self, state: dict, outputs, flipped, scale: float) -> None:
+        x, y = self._vectors(outputs)
+        if flipped is not None:
+            fx, fy = flip.flip_back_vectors(*self._vectors(flipped), self.flip_index)
+            x, y = (x + fx) * 0.5, (y + fy) * 0.5
+        x, y = vectors_to_scale_one_frame(x, scale), vectors_to_scale_one_frame(y, scale)
+        state["sum"] = (x, y) if state["sum"] is None else (state["sum"][0] + x, state["sum"][1] + y)
+        state["passes"] += 1
+
+    @staticmethod
+    def _vectors(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(outputs, dict):
+            return outputs["simcc_x"].float(), outputs["simcc_y"].float()
+        return outputs[0].float(), outputs[1].float()
 
     def _heatmaps(self, outputs) -> torch.Tensor:
         if isinstance(outputs, dict):

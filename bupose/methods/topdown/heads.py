@@ -61,3 +61,70 @@ class HeatmapHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_layer(self.deconv_layers(x))
+
+
+class SimCCHead(nn.Module):
+    """SimCC's head (Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose Estimation",
+    ECCV 2022): features -> K maps (optional deconvolutions and a 1x1 convolution, as :class:`HeatmapHead`) ->
+    each map flattened -> two linear layers to ``Wx`` x bins and ``Wy`` y bins.
+
+    ``(B, in_channels, h, w) -> (simcc_x (B, K, Wx), simcc_y (B, K, Wy))`` with ``(w, h) = in_featuremap_size``,
+    ``Wx = int(input_size[0] * simcc_split_ratio)``, ``Wy = int(input_size[1] * simcc_split_ratio)``; bin ``i`` is
+    input-crop pixel ``i / simcc_split_ratio`` (the :class:`~bupose.codecs.SimCCLabel` convention).
+
+    Argument and parameter names are mmpose 1.x's ``SimCCHead`` (``deconv_type='heatmap'``): with deconvolutions the
+    maps come from ``deconv_head`` (a :class:`HeatmapHead`: ``deconv_head.deconv_layers.*``,
+    ``deconv_head.final_layer``), without them from ``final_layer``; then ``mlp_head_x`` and ``mlp_head_y``. So
+    mmpose SimCC checkpoints (``head.*``) load as they are.
+
+    Args:
+        in_channels: channels of the backbone's features. out_channels: K.
+        input_size: ``(w, h)`` of the input crop. in_featuremap_size: ``(w, h)`` of the backbone's features.
+        simcc_split_ratio: bins per input pixel.
+        deconv_out_channels, deconv_kernel_sizes: the transposed convolutions (``None`` / ``()``: none).
+        final_layer_kernel_size: the last convolution's kernel, 1 (mmpose's ``final_layer=dict(kernel_size=1)``);
+            ``None`` leaves it out (the MLPs then read the deconvolutions' or the backbone's channels).
+    """
+
+    #: names of the two outputs, for :class:`~bupose.methods.topdown.model.TopDownModel`
+    output_names = ("simcc_x", "simcc_y")
+
+    def __init__(self, *, in_channels: int, out_channels: int, input_size: Sequence[int],
+                 in_featuremap_size: Sequence[int], simcc_split_ratio: float = 2.0,
+                 deconv_out_channels: Sequence[int] | None = (256, 256, 256),
+                 deconv_kernel_sizes: Sequence[int] | None = (4, 4, 4), final_layer_kernel_size: int | None = 1):
+        super().__init__()
+        if final_layer_kernel_size not in (1, None):
+            raise ValueError(f"final_layer_kernel_size must be 1 or None (mmpose's unpadded final convolution would "
+                             f"change the map size), got {final_layer_kernel_size!r}")
+        deconv_out_channels = tuple(deconv_out_channels or ())
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.input_size = tuple(int(v) for v in input_size)
+        self.simcc_split_ratio = float(simcc_split_ratio)
+        n = len(deconv_out_channels)
+        self.heatmap_size = tuple(int(s) * 2 ** n for s in in_featuremap_size)
+        has_final = final_layer_kernel_size is not None
+        if n:
+            self.deconv_head = HeatmapHead(in_channels=in_channels, out_channels=out_channels,
+                                           deconv_out_channels=deconv_out_channels,
+                                           deconv_kernel_sizes=deconv_kernel_sizes, has_final_layer=has_final)
+        else:
+            self.final_layer = nn.Conv2d(in_channels, out_channels, 1) if has_final else nn.Identity()
+        if not has_final and (deconv_out_channels[-1] if n else in_channels) != out_channels:
+            raise ValueError("without a final layer the last feature channels must equal out_channels (K)")
+        flatten = self.heatmap_size[0] * self.heatmap_size[1]
+        self.mlp_head_x = nn.Linear(flatten, int(self.input_size[0] * self.simcc_split_ratio))
+        self.mlp_head_y = nn.Linear(flatten, int(self.input_size[1] * self.simcc_split_ratio))
+
+    def output_layers(self) -> list[nn.Module]:
+        """The layers that produce the outputs (initialised small)."""
+        return [self.mlp_head_x, self.mlp_head_y]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.deconv_head(x) if hasattr(self, "deconv_head") else self.final_layer(x)
+        if tuple(maps.shape[-2:]) != self.heatmap_size[::-1]:
+            raise ValueError(f"SimCCHead: maps of {tuple(maps.shape[-2:])} (h, w), expected {self.heatmap_size[::-1]}"
+                             f" from in_featuremap_size and the deconvolutions: is the input crop "
+                             f"{self.input_size} (w, h)?")
+        flat = torch.flatten(maps, 2)
+        return self.mlp_head_x(flat), self.mlp_head_y(flat)

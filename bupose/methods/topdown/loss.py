@@ -83,3 +83,65 @@ class TopDownHeatmapLoss(nn.Module):
     def forward(self, outputs: dict, batch: dict, world_size: int = 1, all_reduce=None) -> dict[str, torch.Tensor]:
         loss = self.criterion(outputs["heatmaps"], batch["heatmaps"], batch["target_weight"])
         return {"loss": loss, "heatmap_loss": loss.detach()}
+
+
+class KLDiscretLoss(nn.Module):
+    """SimCC's loss (Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose Estimation",
+    ECCV 2022), as mmpose 1.x's ``KLDiscretLoss``: per keypoint and axis, the KL divergence of the soft-max of
+    ``beta * pred`` from the label (or, with ``label_softmax``, from the soft-max of ``label_beta * label``), averaged
+    over the bins, times the keypoint's weight; summed over samples, keypoints and both axes, divided by K (not by
+    the batch size).
+
+    ``forward((pred_x (B, K, Wx), pred_y (B, K, Wy)), (label_x, label_y), target_weight (B, K)) -> scalar``.
+
+    Args:
+        beta: temperature of the predictions' soft-max. label_softmax: turn labels into distributions by a soft-max.
+        label_beta: temperature of the labels' soft-max (mmpose's default 10). use_target_weight: weight by
+            ``target_weight`` (else every keypoint counts).
+    """
+
+    def __init__(self, beta: float = 1.0, label_softmax: bool = False, label_beta: float = 10.0,
+                 use_target_weight: bool = True):
+        super().__init__()
+        self.beta, self.label_softmax, self.label_beta = beta, label_softmax, label_beta
+        self.use_target_weight = use_target_weight
+
+    def criterion(self, pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(R, W), (R, W) -> (R,)``: mean over bins of ``labels * (log labels - log_softmax(beta pred))`` (0 where
+        a label is 0)."""
+        log_pt = torch.log_softmax(pred * self.beta, dim=1)
+        if self.label_softmax:
+            labels = torch.softmax(labels * self.label_beta, dim=1)
+        return torch.nn.functional.kl_div(log_pt, labels, reduction="none").mean(dim=1)
+
+    def forward(self, pred_simcc, gt_simcc, target_weight: torch.Tensor) -> torch.Tensor:
+        b, k, _ = pred_simcc[0].shape
+        weight = target_weight.reshape(-1).to(pred_simcc[0].dtype) if self.use_target_weight else 1.0
+        if self.use_target_weight and weight.numel() != b * k:
+            raise ValueError(f"target_weight {tuple(target_weight.shape)} does not match (B, K) = ({b}, {k})")
+        loss = 0.0
+        for pred, target in zip(pred_simcc, gt_simcc):
+            if pred.shape != target.shape:
+                raise ValueError(f"SimCC prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ")
+            loss = loss + (self.criterion(pred.reshape(-1, pred.shape[-1]),
+                                          target.reshape(-1, target.shape[-1])) * weight).sum()
+        return loss / k
+
+
+class TopDownSimCCLoss(nn.Module):
+    """The trainer's loss for SimCC: ``forward(outputs, batch) -> {"loss", "simcc_loss"}`` with ``outputs["simcc_x"]``
+    / ``["simcc_y"]``, ``batch["keypoint_x_labels"]`` / ``["keypoint_y_labels"]`` and ``batch["target_weight"]``.
+
+    As mmpose's, the criterion sums over the samples, so a process's loss (and its gradients) scale with its share of
+    the batch; DistributedDataParallel's averaging then gives the loss of one process's share, as mmpose's training.
+    ``world_size`` and ``all_reduce`` are accepted for the trainer's protocol.
+    """
+
+    def __init__(self, criterion: nn.Module):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, outputs: dict, batch: dict, world_size: int = 1, all_reduce=None) -> dict[str, torch.Tensor]:
+        loss = self.criterion((outputs["simcc_x"], outputs["simcc_y"]),
+                              (batch["keypoint_x_labels"], batch["keypoint_y_labels"]), batch["target_weight"])
+        return {"loss": loss, "simcc_loss": loss.detach()}

@@ -5,17 +5,20 @@ the test-time decoder and the person-box source, in one place.
 Estimation", CVPR 2019) and ``topdown_resnet`` (Xiao et al., "Simple Baselines for Human Pose Estimation and
 Tracking", ECCV 2018); ``MODEL.CODEC`` selects the heatmap codec: MSRA (default), DARK (``unbiased: true``; Zhang et
 al., CVPR 2020) or UDP (``UDPHeatmap``, which also switches the crops to the UDP convention; Huang et al., CVPR
-2020).
+2020); ``MODEL.CODEC: {type: SimCCLabel, ...}`` makes the same backbones SimCC models (Li et al., "SimCC: a Simple
+Coordinate Classification Perspective for Human Pose Estimation", ECCV 2022): the SimCC head, the KL loss
+(``KLDiscretLoss``) and the 1-D decoding.
 """
 from __future__ import annotations
 
 import logging
 
-from bupose.codecs import UDPHeatmap, build_codec
+from bupose.codecs import SimCCLabel, UDPHeatmap, build_codec
 from bupose.errors import ConfigError
 from bupose.methods.base import keypoint_spec
 from bupose.methods.topdown.convert import HRNET_SIGNATURE_KEYS, RESNET_SIGNATURE_KEYS
-from bupose.methods.topdown.loss import KeypointMSELoss, KeypointOHKMMSELoss, TopDownHeatmapLoss
+from bupose.methods.topdown.loss import (KeypointMSELoss, KeypointOHKMMSELoss, KLDiscretLoss, TopDownHeatmapLoss,
+                                        TopDownSimCCLoss)
 from bupose.methods.topdown.train_data import TopDownTrainingSet
 
 log = logging.getLogger("bupose")
@@ -26,11 +29,12 @@ MODEL_STRIDE = 4  # the heatmap heads of HRNet and SimpleBaseline output 1/4 of 
 def codec_config(cfg) -> dict:
     """The mmpose-style codec dict of ``cfg``: ``MODEL.CODEC`` with ``input_size`` / ``heatmap_size`` from
     ``MODEL.IMAGE_SIZE`` / ``HEATMAP_SIZE`` (they must agree where both are given) and ``sigma`` from ``MODEL.SIGMA``
-    when missing; empty: ``MSRAHeatmap`` with ``MODEL.SIGMA``."""
+    when missing; empty: ``MSRAHeatmap`` with ``MODEL.SIGMA``. ``SimCCLabel`` takes ``input_size`` only (its
+    ``sigma``, in bins, is its own: mmpose's default 6)."""
     m = cfg.MODEL
     codec = dict(m.CODEC) if m.CODEC else {"type": "MSRAHeatmap"}
-    for key, name, value in (("input_size", "IMAGE_SIZE", m.IMAGE_SIZE), ("heatmap_size", "HEATMAP_SIZE",
-                                                                          m.HEATMAP_SIZE)):
+    sizes = (("input_size", "IMAGE_SIZE", m.IMAGE_SIZE), ("heatmap_size", "HEATMAP_SIZE", m.HEATMAP_SIZE))
+    for key, name, value in sizes[:1] if codec.get("type") == "SimCCLabel" else sizes:
         value = tuple(int(v) for v in value)
         given = codec.setdefault(key, value)
         if tuple(int(v) for v in given) != value:
@@ -60,11 +64,15 @@ class TopDownMethod:
                               f"(the models' output stride)")
         self.codec = build_codec(codec_config(cfg))
         self.udp = isinstance(self.codec, UDPHeatmap)
+        self.simcc = isinstance(self.codec, SimCCLabel)
+        if self.simcc and cfg.LOSS.USE_OHKM:
+            raise ConfigError("LOSS.USE_OHKM is a heatmap loss option; a SimCC codec trains with KLDiscretLoss")
 
     def build_model(self):
         from bupose.methods.topdown.model import build_topdown_model
 
-        return build_topdown_model(self.name, spec=self.cfg.MODEL.SPEC, num_joints=self.spec.num_keypoints)
+        return build_topdown_model(self.name, spec=self.cfg.MODEL.SPEC, num_joints=self.spec.num_keypoints,
+                                   codec=self.codec)
 
     def load_pretrained(self, model, path) -> None:
         """``MODEL.PRETRAINED``: ImageNet weights into the backbone only (``MODEL.SPEC.PRETRAINED_LAYERS``), as the
@@ -91,8 +99,10 @@ class TopDownMethod:
                                   color_rgb=d.COLOR_RGB, photometric=photometric, seed=c.SEED,
                                   limit=d.MAX_TRAIN_IMAGES)
 
-    def loss_module(self) -> TopDownHeatmapLoss:
+    def loss_module(self) -> TopDownHeatmapLoss | TopDownSimCCLoss:
         loss = self.cfg.LOSS
+        if self.simcc:  # mmpose's SimCC configs: KLDiscretLoss(use_target_weight=True), beta 1, no label soft-max
+            return TopDownSimCCLoss(KLDiscretLoss(use_target_weight=loss.USE_TARGET_WEIGHT))
         if loss.USE_OHKM:
             return TopDownHeatmapLoss(KeypointOHKMMSELoss(use_target_weight=loss.USE_TARGET_WEIGHT, topk=loss.TOPK))
         return TopDownHeatmapLoss(KeypointMSELoss(use_target_weight=loss.USE_TARGET_WEIGHT))

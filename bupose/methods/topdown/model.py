@@ -12,6 +12,11 @@ names) convert with :mod:`bupose.methods.topdown.convert`. Both factories take t
 bupose adds optional fields for small from-scratch models: ``INIT: kaiming`` (He-normal convolutions instead of the
 official N(0, 0.001), much faster to train without ImageNet weights), HRNet's ``STEM_BLOCKS`` (Bottlenecks in
 ``layer1``, 4) and ResNet's ``BASE_CHANNELS`` (planes of ``layer1``, 64).
+
+With a :class:`~bupose.codecs.SimCCLabel` codec (``codec=``) the same backbones get a
+:class:`~bupose.methods.topdown.heads.SimCCHead` instead (SimCC, Li et al., ECCV 2022; mmpose's
+``simcc_res50``: the SimpleBaseline deconvolutions, a 1x1 convolution, two linear layers), and the model returns
+``{"simcc_x": (B, K, Wx), "simcc_y": (B, K, Wy)}``.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from bupose.errors import ConfigError
-from bupose.methods.topdown.heads import DECONV_PADDING, HeatmapHead
+from bupose.methods.topdown.heads import DECONV_PADDING, HeatmapHead, SimCCHead
 from bupose.models.backbones.hrnet import EXTRA_STAGES, HRNet, stages_from_extra
 from bupose.models.backbones.resnet import RESNET_LAYERS, ResNet
 from bupose.models.layers import INITS, init_conv_bn
@@ -36,7 +41,9 @@ RESNET_DEFAULTS = {"DECONV_WITH_BIAS": False, "NUM_DECONV_LAYERS": 3, "NUM_DECON
 
 
 class TopDownModel(nn.Module):
-    """``backbone`` then ``head``: ``(B, 3, H, W) -> {"heatmaps": (B, K, H/4, W/4)}`` for the heatmap heads.
+    """``backbone`` then ``head``: ``(B, 3, H, W) -> {"heatmaps": (B, K, H/4, W/4)}`` for the heatmap heads; a head
+    returning a tuple names its outputs by its ``output_names`` (SimCC: ``{"simcc_x": (B, K, Wx), "simcc_y": (B, K,
+    Wy)}``).
 
     Args:
         backbone: ``(B, 3, H, W) -> (B, C, h, w)`` features.
@@ -59,13 +66,22 @@ class TopDownModel(nn.Module):
         return self.head.out_channels
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"heatmaps": self.head(self.backbone(x))}
+        out = self.head(self.backbone(x))
+        if isinstance(out, tuple):
+            return dict(zip(self.head.output_names, out))
+        return {"heatmaps": out}
 
     def init_weights(self, init: str = "official") -> "TopDownModel":
         """The official initialisation: convolutions and deconvolutions N(0, 0.001) with zero bias, BN (1, 0).
-        ``init="kaiming"``: all but the head's last convolution He-normal (fan-out) instead."""
+        ``init="kaiming"``: all but the head's last convolution He-normal (fan-out) instead. A head with
+        ``output_layers()`` (SimCC's linear layers) has those N(0, 0.01) with zero bias (mmpose's) and its
+        convolutions follow ``init``."""
+        outputs = getattr(self.head, "output_layers", None)
         final = getattr(self.head, "final_layer", None)
-        init_conv_bn(self, init, keep_small=[final] if final is not None else [])
+        init_conv_bn(self, init, keep_small=[final] if final is not None and outputs is None else [])
+        for layer in outputs() if outputs is not None else ():
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
         return self
 
     def convert_checkpoint(self, checkpoint) -> dict[str, torch.Tensor]:
@@ -124,9 +140,39 @@ def _check_common(spec: Mapping) -> None:
         raise ConfigError(f"MODEL.SPEC.PRETRAINED_LAYERS must be a list of module names (or ['*']), got {layers!r}")
 
 
-def build_topdown_hrnet(spec: Mapping, num_joints: int) -> TopDownHRNet:
+def is_simcc(codec) -> bool:
+    """Whether ``codec`` is a SimCC codec (the model then needs a SimCC head)."""
+    from bupose.codecs.simcc import SimCCLabel
+
+    return isinstance(codec, SimCCLabel)
+
+
+def feature_size(input_size, halvings: int) -> tuple[int, int]:
+    """``(w, h)`` of a backbone's features after ``halvings`` stride-2 steps (each ``ceil(n / 2)``, as a 3x3 / 7x7
+    convolution or max-pool with the usual padding)."""
+    out = []
+    for n in input_size:
+        for _ in range(halvings):
+            n = (int(n) + 1) // 2
+        out.append(n)
+    return tuple(out)
+
+
+def _simcc_head(codec, spec: Mapping, in_channels: int, num_joints: int, halvings: int, deconv_out_channels=None,
+                deconv_kernel_sizes=None) -> SimCCHead:
+    if spec["FINAL_CONV_KERNEL"] != 1:
+        raise ConfigError(f"MODEL.SPEC.FINAL_CONV_KERNEL must be 1 with a SimCC codec (mmpose's SimCC head), got "
+                          f"{spec['FINAL_CONV_KERNEL']!r}")
+    return SimCCHead(in_channels=in_channels, out_channels=num_joints, input_size=codec.input_size,
+                     in_featuremap_size=feature_size(codec.input_size, halvings),
+                     simcc_split_ratio=codec.simcc_split_ratio, deconv_out_channels=deconv_out_channels,
+                     deconv_kernel_sizes=deconv_kernel_sizes, final_layer_kernel_size=1)
+
+
+def build_topdown_hrnet(spec: Mapping, num_joints: int, codec=None) -> TopDownHRNet:
     """Top-down HRNet from the official ``MODEL.EXTRA`` (``STAGE2``..``STAGE4``, ``FINAL_CONV_KERNEL``,
-    ``PRETRAINED_LAYERS``, ``STEM_INPLANES``; bupose: ``STEM_BLOCKS``, ``INIT``) and K."""
+    ``PRETRAINED_LAYERS``, ``STEM_INPLANES``; bupose: ``STEM_BLOCKS``, ``INIT``) and K; with a SimCC ``codec`` a
+    :class:`SimCCHead` on the stride-4 features (a 1x1 convolution, no deconvolutions)."""
     spec = _check_fields(spec, "topdown_hrnet", EXTRA_STAGES, HRNET_DEFAULTS)
     _check_common(spec)
     if spec["STEM_INPLANES"] != 64:
@@ -134,16 +180,20 @@ def build_topdown_hrnet(spec: Mapping, num_joints: int) -> TopDownHRNet:
                           f"got {spec['STEM_INPLANES']!r}")
     backbone = HRNet(stages=stages_from_extra(spec), stem_blocks=_check_int(spec, "STEM_BLOCKS"),
                      multi_scale_output=False)
-    head = HeatmapHead(in_channels=backbone.out_channels, out_channels=num_joints, deconv_out_channels=None,
-                       deconv_kernel_sizes=None, final_conv_kernel=spec["FINAL_CONV_KERNEL"])
+    if is_simcc(codec):
+        head = _simcc_head(codec, spec, backbone.out_channels, num_joints, halvings=2)
+    else:
+        head = HeatmapHead(in_channels=backbone.out_channels, out_channels=num_joints, deconv_out_channels=None,
+                           deconv_kernel_sizes=None, final_conv_kernel=spec["FINAL_CONV_KERNEL"])
     return TopDownHRNet(backbone=backbone, head=head, pretrained_layers=spec["PRETRAINED_LAYERS"]).init_weights(
         spec["INIT"])
 
 
-def build_topdown_resnet(spec: Mapping, num_joints: int) -> TopDownResNet:
+def build_topdown_resnet(spec: Mapping, num_joints: int, codec=None) -> TopDownResNet:
     """SimpleBaseline from the official pose_resnet ``MODEL.EXTRA`` (``NUM_LAYERS``, ``DECONV_WITH_BIAS``,
     ``NUM_DECONV_LAYERS``, ``NUM_DECONV_FILTERS``, ``NUM_DECONV_KERNELS``, ``FINAL_CONV_KERNEL``,
-    ``PRETRAINED_LAYERS``; bupose: ``BASE_CHANNELS``, ``INIT``) and K."""
+    ``PRETRAINED_LAYERS``; bupose: ``BASE_CHANNELS``, ``INIT``) and K; with a SimCC ``codec`` a
+    :class:`SimCCHead` with the same deconvolutions (mmpose's ``simcc_res50``)."""
     spec = _check_fields(spec, "topdown_resnet", ("NUM_LAYERS",), RESNET_DEFAULTS)
     _check_common(spec)
     depth = _check_int(spec, "NUM_LAYERS", RESNET_LAYERS)
@@ -158,25 +208,34 @@ def build_topdown_resnet(spec: Mapping, num_joints: int) -> TopDownResNet:
     if not isinstance(spec["DECONV_WITH_BIAS"], bool):
         raise ConfigError(f"MODEL.SPEC.DECONV_WITH_BIAS must be true or false, got {spec['DECONV_WITH_BIAS']!r}")
     backbone = ResNet(depth=depth, base_channels=_check_int(spec, "BASE_CHANNELS"))
-    head = HeatmapHead(in_channels=backbone.out_channels, out_channels=num_joints,
-                       deconv_out_channels=spec["NUM_DECONV_FILTERS"], deconv_kernel_sizes=spec["NUM_DECONV_KERNELS"],
-                       deconv_with_bias=spec["DECONV_WITH_BIAS"], final_conv_kernel=spec["FINAL_CONV_KERNEL"])
+    if is_simcc(codec):
+        if spec["DECONV_WITH_BIAS"]:
+            raise ConfigError("MODEL.SPEC.DECONV_WITH_BIAS must be false with a SimCC codec (mmpose's SimCC head)")
+        head = _simcc_head(codec, spec, backbone.out_channels, num_joints, halvings=5,
+                           deconv_out_channels=spec["NUM_DECONV_FILTERS"],
+                           deconv_kernel_sizes=spec["NUM_DECONV_KERNELS"])
+    else:
+        head = HeatmapHead(in_channels=backbone.out_channels, out_channels=num_joints,
+                           deconv_out_channels=spec["NUM_DECONV_FILTERS"],
+                           deconv_kernel_sizes=spec["NUM_DECONV_KERNELS"], deconv_with_bias=spec["DECONV_WITH_BIAS"],
+                           final_conv_kernel=spec["FINAL_CONV_KERNEL"])
     return TopDownResNet(backbone=backbone, head=head, pretrained_layers=spec["PRETRAINED_LAYERS"]).init_weights(
         spec["INIT"])
 
 
-#: ``MODEL.NAME`` -> factory ``(spec, num_joints) -> TopDownModel``
-FACTORIES: dict[str, Callable[[Mapping, int], TopDownModel]] = {
+#: ``MODEL.NAME`` -> factory ``(spec, num_joints, codec=None) -> TopDownModel``
+FACTORIES: dict[str, Callable[..., TopDownModel]] = {
     "topdown_hrnet": build_topdown_hrnet,
     "topdown_resnet": build_topdown_resnet,
 }
 
 
-def build_topdown_model(name: str, spec: Mapping, num_joints: int) -> TopDownModel:
+def build_topdown_model(name: str, spec: Mapping, num_joints: int, codec=None) -> TopDownModel:
     """The top-down model ``name`` (a key of :data:`FACTORIES`) from ``MODEL.SPEC`` (the official ``MODEL.EXTRA``,
-    unchanged) and K (``MODEL.NUM_JOINTS``)."""
+    unchanged) and K (``MODEL.NUM_JOINTS``); ``codec``: a :class:`~bupose.codecs.SimCCLabel` selects the SimCC head
+    (its ``input_size`` and ``simcc_split_ratio`` size the head), anything else (or None) the heatmap head."""
     if name not in FACTORIES:
         raise ConfigError(f"unknown top-down model {name!r}; known: {list(FACTORIES)}")
     if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints < 1:
         raise ConfigError(f"MODEL.NUM_JOINTS must be a positive integer, got {num_joints!r}")
-    return FACTORIES[name](spec, num_joints)
+    return FACTORIES[name](spec, num_joints, codec=codec)

@@ -76,8 +76,9 @@ class TopDownTrainingSet(SeededTrainingSet):
     """The labelled people of a reader's first ``limit`` images (all when 0), one item each.
 
     The index (image, person) is built once from the reader's annotations (``get_annotations``) without decoding
-    any image. Items: ``image (3, h, w)`` float32 (``h, w`` from ``input_size``), ``heatmaps (K, h', w')`` and
-    ``target_weight (K,)`` from ``codec.encode``. The image is ``/ 255`` then ImageNet mean / std normalised, in RGB
+    any image. Items: ``image (3, h, w)`` float32 (``h, w`` from ``input_size``), ``heatmaps (K, h', w')`` (a
+    SimCC codec: ``keypoint_x_labels (K, Wx)`` and ``keypoint_y_labels (K, Wy)``) and ``target_weight (K,)`` from
+    ``codec.encode``. The image is ``/ 255`` then ImageNet mean / std normalised, in RGB
     order with ``color_rgb`` and BGR otherwise (as the official code, and as
     :func:`~bupose.methods.topdown.crops.crop_batch` at test time). :meth:`sample` returns the same item with the
     crop matrix and the crop's keypoints, for inspection.
@@ -175,15 +176,25 @@ class TopDownTrainingSet(SeededTrainingSet):
             crop = self.photometric(crop, rng)
         labelled = (kps[:, 2] > 0).astype(np.float32)
         targets = self.codec.encode(kps[None, :, :2], labelled[None])
-        return {"crop": crop, "keypoints": kps, "matrix": matrix, "heatmaps": targets["heatmaps"],
+        return {"crop": crop, "keypoints": kps, "matrix": matrix, **self._targets(targets),
                 "target_weight": targets["keypoint_weights"][0], "center": center, "size": size,
                 "rotation": rotation, "flip": flip, "image_index": image_index}
+
+    @staticmethod
+    def _targets(encoded: dict) -> dict:
+        """The codec's targets of one person under their names: ``heatmaps (K, h', w')``, or SimCC's
+        ``keypoint_x_labels (K, Wx)`` and ``keypoint_y_labels (K, Wy)``."""
+        if "keypoint_x_labels" in encoded:
+            return {"keypoint_x_labels": encoded["keypoint_x_labels"][0],
+                    "keypoint_y_labels": encoded["keypoint_y_labels"][0]}
+        return {"heatmaps": encoded["heatmaps"]}
 
     def __getitem__(self, index: int) -> dict:
         s = self.sample(index)
         crop = s["crop"] if self.color_rgb else np.ascontiguousarray(s["crop"][..., ::-1])  # to_tensor swaps to RGB
+        names = ("heatmaps",) if "heatmaps" in s else ("keypoint_x_labels", "keypoint_y_labels")
         return {"image": to_tensor(crop),
-                "heatmaps": torch.from_numpy(np.ascontiguousarray(s["heatmaps"], dtype=np.float32)),
+                **{k: torch.from_numpy(np.ascontiguousarray(s[k], dtype=np.float32)) for k in names},
                 "target_weight": torch.from_numpy(np.ascontiguousarray(s["target_weight"], dtype=np.float32))}
 
     def _person(self, index: int):
