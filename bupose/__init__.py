@@ -8,10 +8,19 @@
 """
 __version__ = "0.1.0"
 
-from bupose.config import load_config, save_config  # noqa: E402
-from bupose.engine.checkpoint import load_checkpoint  # noqa: E402
-from bupose.evaluation import evaluate_keypoints  # noqa: E402
-from bupose.inference.predictor import Predictor  # noqa: E402
+#: the public names, imported on first use (so ``python -m bupose.config`` runs its module only once, and
+#: ``import bupose`` stays light)
+_LAZY = {"load_config": "bupose.config", "save_config": "bupose.config",
+         "load_checkpoint": "bupose.engine.checkpoint", "evaluate_keypoints": "bupose.evaluation",
+         "Predictor": "bupose.inference.predictor"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'bupose' has no attribute {name!r}")
 
 
 def build_model(cfg):
