@@ -104,7 +104,8 @@ def test_every_experiment_file_loads_and_the_synthetic_models_run():
         if path.parent.name != "synthetic":
             continue
         model = build_method(cfg).build_model().eval()
-        size = cfg.DATASET.INPUT_SIZE
+        # top-down models take MODEL.IMAGE_SIZE crops (SimCC's linear layers need exactly that size)
+        w, h = cfg.MODEL.IMAGE_SIZE if cfg.MODEL.NAME.startswith("topdown") else [cfg.DATASET.INPUT_SIZE] * 2
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, size, size))
+            out = model(torch.zeros(1, 3, h, w))
         assert out, path.name

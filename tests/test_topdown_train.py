@@ -319,6 +319,11 @@ def test_every_topdown_experiment_loads_and_builds_its_model(path):
             out = model(torch.zeros(1, 3, h, w))
         assert out["simcc_x"].shape == (1, cfg.DATASET.NUM_JOINTS, method.codec.simcc_size[0])
         assert out["simcc_y"].shape == (1, cfg.DATASET.NUM_JOINTS, method.codec.simcc_size[1])
+    elif getattr(method, "regression", False):  # RLE: (mu x, mu y, sigma x, sigma y) per keypoint
+        w, h = cfg.MODEL.IMAGE_SIZE
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, h, w))
+        assert out["coords"].shape == (1, cfg.DATASET.NUM_JOINTS, 4)
     else:
         with torch.no_grad():
             out = model(torch.zeros(1, 3, 128, 96))["heatmaps"]

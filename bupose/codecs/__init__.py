@@ -17,6 +17,7 @@ from typing import Mapping
 
 from bupose.codecs.base import BaseKeypointCodec
 from bupose.codecs.heatmap import MSRAHeatmap, UDPHeatmap
+from bupose.codecs.regression import RegressionLabel
 from bupose.codecs.simcc import SimCCLabel
 from bupose.errors import ConfigError
 
@@ -25,6 +26,7 @@ CODECS = {
     "MSRAHeatmap": MSRAHeatmap,
     "UDPHeatmap": UDPHeatmap,
     "SimCCLabel": SimCCLabel,
+    "RegressionLabel": RegressionLabel,
 }
 
 
@@ -51,4 +53,4 @@ def build_codec(cfg: Mapping) -> BaseKeypointCodec:
     return cls(**kwargs)
 
 
-__all__ = ["BaseKeypointCodec", "CODECS", "MSRAHeatmap", "SimCCLabel", "UDPHeatmap", "build_codec"]
+__all__ = ["BaseKeypointCodec", "CODECS", "MSRAHeatmap", "RegressionLabel", "SimCCLabel", "UDPHeatmap", "build_codec"]

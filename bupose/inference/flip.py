@@ -20,6 +20,10 @@ Two optional shifts reproduce official test paths:
 so with ``r`` bins per pixel a point at ``x`` comes back at ``x + (1 - 1 / r)`` px relative to the exact mirror
 ``W - 1 - x``; 0.5 px for ``r = 2``, as in mmpose's flip test).
 
+Normalised coordinates of regression heads (RLE, Li et al., ICCV 2021) flip back with
+:func:`flip_back_coordinates`, mmpose's ``flip_coordinates``: ``x -> 1 - x - 1 / W`` (the pixel mirror) and the
+left / right keypoints swapped.
+
 Per-instance results (keypoints, points, boxes) are mirrored by the helpers of :mod:`bupose.data.geometry`, the
 single implementation, on numpy arrays or torch tensors. ``pixel_centre`` names where the coordinates put pixel 0's
 centre when a decoder works in another grid: ``0`` (bupose) mirrors ``x -> W - 1 - x``, ``0.5`` (pixel corners at
@@ -34,8 +38,8 @@ import torch
 
 from bupose.data import geometry as G
 
-__all__ = ["flip_input", "flip_back_maps", "flip_back_vectors", "pair_flip_index", "flip_back_offsets",
-           "flip_back_poses", "flip_back_points", "flip_back_boxes"]
+__all__ = ["flip_input", "flip_back_maps", "flip_back_vectors", "flip_back_coordinates", "pair_flip_index",
+           "flip_back_offsets", "flip_back_poses", "flip_back_points", "flip_back_boxes"]
 
 
 def _flip_w(a):
@@ -124,6 +128,34 @@ def flip_back_vectors(simcc_x, simcc_y, flip_index: Sequence[int]):
         index = torch.as_tensor(fi, device=simcc_x.device)
         return _flip_w(simcc_x[:, index]), simcc_y[:, torch.as_tensor(fi, device=simcc_y.device)].clone()
     return _flip_w(simcc_x[:, fi]), simcc_y[:, fi].copy()
+
+
+def flip_back_coordinates(coords, flip_index: Sequence[int], input_width: int | None = None):
+    """Normalised coordinates of a mirrored input -> those of the original input (mmpose's ``flip_coordinates``,
+    for regression heads such as RLE: Li et al., ICCV 2021).
+
+    Args:
+        coords: ``(B, K, D)`` torch tensor or numpy array (D >= 2: x, y normalised to the input crop, then any
+            per-keypoint values such as RLE's sigma, which are only swapped); not modified.
+        flip_index: the keypoint layout's ``(K,)`` flip index (or a KeypointSpec).
+        input_width: the crop width ``W`` in pixels: ``x -> 1 - x - 1 / W``, the exact mirror of pixel ``i`` to
+            ``W - 1 - i`` (mmpose's ``shift_coords=True``, its RLE test); None: ``x -> 1 - x``.
+    Returns:
+        A new array / tensor of the same kind: ``out[:, k] = coords[:, flip_index[k]]`` with x mirrored. Applying it
+        twice gives ``coords`` back.
+    """
+    if coords.ndim != 3 or coords.shape[-1] < 2:
+        raise ValueError(f"coords must have shape (B, K, D >= 2), got {tuple(coords.shape)}")
+    fi = _index_list(flip_index)
+    if len(fi) != coords.shape[1]:
+        raise ValueError(f"flip_index has {len(fi)} entries for {coords.shape[1]} keypoints")
+    shift = 0.0 if input_width is None else 1.0 / float(input_width)
+    if torch.is_tensor(coords):
+        out = coords[:, torch.as_tensor(fi, device=coords.device)].clone()
+    else:
+        out = np.array(coords[:, fi], copy=True)
+    out[..., 0] = 1.0 - out[..., 0] - shift
+    return out
 
 
 def pair_flip_index(flip_index: Sequence[int]) -> list[int]:

@@ -7,7 +7,8 @@ Layouts read (plain state_dicts, ``{"state_dict": ...}`` / ``{"model": ...}`` wr
   ``deconv_layers.*`` and ``final_layer.*`` are the head, everything else the backbone;
 * mmpose 0.x (``backbone.*``, ``keypoint_head.*``) and mmpose 1.x / bupose (``backbone.*``, ``head.*``; the
   ``HeatmapHead`` names ``deconv_layers`` and ``final_layer``; the ``SimCCHead`` names ``deconv_head.*`` or
-  ``final_layer``, and ``mlp_head_x`` / ``mlp_head_y``: SimCC, Li et al., ECCV 2022).
+  ``final_layer``, and ``mlp_head_x`` / ``mlp_head_y``: SimCC, Li et al., ECCV 2022; the ``RLEHead`` names ``fc``
+  and ``loss_module.flow_model.*``, mmpose 0.x ``keypoint_head.loss.flow_model.*``: RLE, Li et al., ICCV 2021).
 
 The backbone and head module names are those of the official code, so the mapping is a prefix. A checkpoint of
 another structure is refused with a CheckpointError that says what differs (backbone, depth or width, keypoint
@@ -37,6 +38,9 @@ _HEAD_PREFIXES = ("deconv_layers.", "final_layer.")
 #: a SimCC head's x classifier (mmpose 1.x / bupose keys)
 SIMCC_KEY = "head.mlp_head_x.weight"
 _CLASSIFIER_KEYS = ("fc.weight", "classifier.weight")
+#: an RLE head's linear layer (mmpose 1.x / bupose keys; mmpose 0.x: ``keypoint_head.fc.weight``)
+RLE_KEY = "head.fc.weight"
+RLE_KEY_MMPOSE0 = "keypoint_head.fc.weight"
 
 
 def checkpoint_layout(state_dict: Mapping) -> str | None:
@@ -44,9 +48,11 @@ def checkpoint_layout(state_dict: Mapping) -> str | None:
     has; ``None`` for anything else (ImageNet classification weights included)."""
     if any(k in state_dict for k in _CLASSIFIER_KEYS) or any(k.startswith("incre_modules.") for k in state_dict):
         return None
-    if (FINAL_KEYS["bupose"] in state_dict or SIMCC_KEY in state_dict) and "backbone.conv1.weight" in state_dict:
+    if (FINAL_KEYS["bupose"] in state_dict or SIMCC_KEY in state_dict or RLE_KEY in state_dict) \
+            and "backbone.conv1.weight" in state_dict:
         return "bupose"
-    if FINAL_KEYS["mmpose0"] in state_dict and "backbone.conv1.weight" in state_dict:
+    if (FINAL_KEYS["mmpose0"] in state_dict or RLE_KEY_MMPOSE0 in state_dict) \
+            and "backbone.conv1.weight" in state_dict:
         return "mmpose0"
     if all(k in state_dict for k in SIGNATURE_KEYS):
         return "official"
@@ -57,9 +63,9 @@ def to_bupose_keys(state_dict: Mapping, layout: str) -> dict[str, torch.Tensor]:
     """``state_dict`` of ``layout`` (:func:`checkpoint_layout`) with bupose's keys (no checks)."""
     if layout == "bupose":
         return dict(state_dict)
-    if layout == "mmpose0":
-        return {("head." + k[len("keypoint_head."):] if k.startswith("keypoint_head.") else k): v
-                for k, v in state_dict.items()}
+    if layout == "mmpose0":  # RLE's flow: keypoint_head.loss.* -> head.loss_module.* (mmpose 1.x's renaming)
+        return {("head." + re.sub(r"^loss\.", "loss_module.", k[len("keypoint_head."):])
+                 if k.startswith("keypoint_head.") else k): v for k, v in state_dict.items()}
     return {("head." if k.startswith(_HEAD_PREFIXES) else "backbone.") + k: v for k, v in state_dict.items()}
 
 
@@ -103,6 +109,8 @@ def describe(state_dict: Mapping) -> str:
     name = backbone_name(state_dict) or "unknown backbone"
     if SIMCC_KEY in state_dict:
         name += " SimCC"
+    elif RLE_KEY in state_dict:
+        name += " RLE"
     elif name.startswith("ResNet") and deconv_shapes(state_dict):
         name += " SimpleBaseline"
     return name
@@ -124,6 +132,14 @@ def check_compatible(state_dict: Mapping, model: nn.Module) -> None:
         kinds = ["a SimCC head" if SIMCC_KEY in d else "a heatmap head" for d in (state_dict, ours)]
         raise CheckpointError(f"checkpoint has {kinds[0]}, the model has {kinds[1]} (MODEL.CODEC type SimCCLabel "
                               f"selects the SimCC head)")
+    if (RLE_KEY in state_dict) != (RLE_KEY in ours):
+        kinds = ["an RLE regression head" if RLE_KEY in d else "no RLE head" for d in (state_dict, ours)]
+        raise CheckpointError(f"checkpoint has {kinds[0]}, the model has {kinds[1]} (MODEL.CODEC type "
+                              f"RegressionLabel selects the RLE head)")
+    if RLE_KEY in state_dict and state_dict[RLE_KEY].shape != ours[RLE_KEY].shape:
+        (co, ci), (mo, mi) = state_dict[RLE_KEY].shape, ours[RLE_KEY].shape
+        raise CheckpointError(f"RLE head maps {ci} features to {co // 4} joints x 4 in the checkpoint, {mi} to "
+                              f"{mo // 4} x 4 in the model")
     final = _final_key(state_dict)
     if final in state_dict and final in ours and state_dict[final].shape[0] != ours[final].shape[0]:
         raise CheckpointError(f"final layer has {state_dict[final].shape[0]} joints in the checkpoint, the model "

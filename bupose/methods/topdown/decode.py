@@ -29,6 +29,14 @@ crops' vectors flipped back by :func:`bupose.inference.flip.flip_back_vectors` (
 swapped, no shift) and averaged with the plain ones, the codec's ``decode_batch`` (arg-max bins, optional 1-D
 DARK; scores: the smaller of the two maxima), mmpose's map back; rescoring and NMS as above. Multi-scale resamples
 each pass's vectors into the scale-1 crop's bins (linear, the end values repeated outside: the vectors are logits).
+
+RLE (Li et al., "Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021; a
+:class:`~bupose.codecs.RegressionLabel` codec, output ``coords (N, K, 4)``: mu normalised to the crop, sigma) takes
+mmpose's test path: the mirrored crops' coordinates flipped back by :func:`bupose.inference.flip.flip_back_coordinates`
+(``x -> 1 - x - 1 / w``, mmpose's ``shift_coords``; left / right swapped) and averaged with the plain ones (mu and
+sigma), the codec's ``decode_batch`` (input-crop pixels; scores ``1 - mean sigma``), the crop's map back; rescoring
+and NMS as above. Multi-scale maps each pass's normalised mu into the scale-1 crop (``(x - 0.5) * s + 0.5``) and
+averages mu and sigma.
 """
 from __future__ import annotations
 
@@ -118,6 +126,17 @@ def vectors_to_scale_one_frame(vectors: torch.Tensor, scale: float) -> torch.Ten
     return vectors[..., lo] * (1 - t) + vectors[..., hi] * t
 
 
+def coords_to_scale_one_frame(coords: torch.Tensor, scale: float) -> torch.Tensor:
+    """Regression outputs ``(N, K, D)`` (x, y normalised to crops ``scale`` times the box extent, then sigma) in the
+    scale-1 crops' normalised units (same centre): ``x' = (x - 0.5) * scale + 0.5``, same for y; the other columns
+    (sigma, a confidence) as they are."""
+    if scale == 1.0:
+        return coords
+    out = coords.clone()
+    out[..., :2] = (coords[..., :2] - 0.5) * scale + 0.5
+    return out
+
+
 class TopDownDecoder:
     """Top-down heatmap outputs of an image's person crops -> people (see the module docstring).
 
@@ -127,7 +146,7 @@ class TopDownDecoder:
         codec: a heatmap codec (``decode_batch(heatmaps (N, K, H, W)) -> (keypoints (N, K, 2) input-crop pixels,
             scores (N, K))``) used with ``post_process``; None: the official HRNet decoding. A
             :class:`~bupose.codecs.SimCCLabel` switches to the SimCC path (``simcc_x`` / ``simcc_y`` outputs; always
-            decoded by the codec).
+            decoded by the codec); a :class:`~bupose.codecs.RegressionLabel` to RLE's (``coords`` output).
         udp: UDP crops (with a UDP codec).
         post_process: refine the maxima (the official quarter step, or the codec's decode); False: plain arg-max.
         shift_heatmap: shift the flipped-back heatmaps one pixel right (official; not for UDP).
@@ -165,6 +184,7 @@ class TopDownDecoder:
         self.color_rgb, self.padding, self.output_key = bool(color_rgb), padding, output_key
         self.max_input_pixels = int(max_input_pixels)
         self.simcc = type(codec).__name__ == "SimCCLabel"
+        self.regression = type(codec).__name__ == "RegressionLabel"
         self._people: tuple[PersonBoxes, np.ndarray, np.ndarray] | None = None
 
     # -- the engine's contract ----------------------------------------------------------------------------------
@@ -191,6 +211,8 @@ class TopDownDecoder:
     def add_scale(self, state: dict, outputs, flipped, view: TopDownView, scale: float) -> None:
         if self.simcc:
             return self._add_simcc(state, outputs, flipped, scale)
+        if self.regression:
+            return self._add_coords(state, outputs, flipped, scale)
         heatmaps = self._heatmaps(outputs).float()
         if flipped is not None:
             back = flip.flip_back_maps(self._heatmaps(flipped).float(), self.flip_index, shift=self.shift)
@@ -203,6 +225,10 @@ class TopDownDecoder:
         boxes, centers, sizes = self._people
         if state["sum"] is None or len(boxes.xywh) == 0:
             return People.empty(self.num_joints)
+        if self.regression:
+            coords = (state["sum"] / state["passes"]).cpu().numpy().astype(np.float32, copy=False)
+            locs, maxima = self.codec.decode_batch(coords)
+            return self._people_of(locs, maxima, boxes, centers, sizes)
         if self.simcc:
             x, y = (v / state["passes"] for v in state["sum"])
             locs, maxima = self.codec.decode_batch((x.cpu().numpy().astype(np.float32, copy=False),
@@ -255,6 +281,21 @@ class TopDownDecoder:
         x, y = vectors_to_scale_one_frame(x, scale), vectors_to_scale_one_frame(y, scale)
         state["sum"] = (x, y) if state["sum"] is None else (state["sum"][0] + x, state["sum"][1] + y)
         state["passes"] += 1
+
+    def _add_coords(self, state: dict, outputs, flipped, scale: float) -> None:
+        coords = self._coords(outputs)
+        if flipped is not None:
+            back = flip.flip_back_coordinates(self._coords(flipped), self.flip_index, input_width=self.input_size[0])
+            coords = (coords + back) * 0.5
+        coords = coords_to_scale_one_frame(coords, scale)
+        state["sum"] = coords if state["sum"] is None else state["sum"] + coords
+        state["passes"] += 1
+
+    @staticmethod
+    def _coords(outputs) -> torch.Tensor:
+        coords = outputs["coords"] if isinstance(outputs, dict) else outputs[0] if isinstance(
+            outputs, (list, tuple)) else outputs
+        return coords.float()
 
     @staticmethod
     def _vectors(outputs) -> tuple[torch.Tensor, torch.Tensor]:

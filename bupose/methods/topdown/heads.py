@@ -128,3 +128,47 @@ class SimCCHead(nn.Module):
                              f"{self.input_size} (w, h)?")
         flat = torch.flatten(maps, 2)
         return self.mlp_head_x(flat), self.mlp_head_y(flat)
+
+
+class RLEHead(nn.Module):
+    """RLE's regression head (Li et al., "Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021),
+    as mmpose 1.x's ``GlobalAveragePooling`` neck and ``RLEHead``: features averaged over space, then one linear
+    layer ``fc`` to ``K x 4`` values per crop: ``mu`` (x, y normalised to the input crop, :class:`~bupose.codecs.
+    RegressionLabel`'s units) and the logits of ``sigma`` (x, y).
+
+    ``(B, in_channels, h, w) -> (coords (B, K, 4),)`` with ``coords[..., :2] = mu`` and ``coords[..., 2:] =
+    sigmoid(sigma logits)``, in training and at test (mmpose applies the sigmoid in its loss and its predict).
+
+    The training loss's flow lives here, as in mmpose: ``loss_module`` is an
+    :class:`~bupose.methods.topdown.loss.RLELoss` (``loss_module.flow_model.*``), so mmpose RLE checkpoints
+    (``head.fc.*``, ``head.loss_module.flow_model.*``) load as they are and the optimiser trains the flow with the
+    model.
+
+    Args:
+        in_channels: channels of the backbone's features. num_joints: K.
+        use_target_weight: the loss's ``use_target_weight`` (mmpose's RLE configs: True).
+    """
+
+    #: name of the output, for :class:`~bupose.methods.topdown.model.TopDownModel`
+    output_names = ("coords",)
+
+    def __init__(self, *, in_channels: int, num_joints: int, use_target_weight: bool = True):
+        super().__init__()
+        from bupose.methods.topdown.loss import RLELoss
+
+        self.in_channels, self.num_joints = int(in_channels), int(num_joints)
+        self.fc = nn.Linear(self.in_channels, self.num_joints * 4)
+        self.loss_module = RLELoss(use_target_weight=use_target_weight)
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_joints
+
+    def output_layers(self) -> list[nn.Module]:
+        """The layers that produce the outputs (initialised N(0, 0.01), zero bias: mmpose's)."""
+        return [self.fc]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        x = torch.flatten(x.mean(dim=(2, 3)) if x.ndim == 4 else x, 1)
+        out = self.fc(x).reshape(-1, self.num_joints, 4)
+        return (torch.cat([out[..., :2], out[..., 2:].sigmoid()], dim=-1),)

@@ -12,8 +12,12 @@ that are unlabelled or whose Gaussian misses the heatmap). Both losses equal the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+from bupose.methods.topdown.realnvp import RealNVP
 
 
 def keypoint_mse(pred: torch.Tensor, target: torch.Tensor, target_weight: torch.Tensor | None) -> torch.Tensor:
@@ -145,3 +149,75 @@ class TopDownSimCCLoss(nn.Module):
         loss = self.criterion((outputs["simcc_x"], outputs["simcc_y"]),
                               (batch["keypoint_x_labels"], batch["keypoint_y_labels"]), batch["target_weight"])
         return {"loss": loss, "simcc_loss": loss.detach()}
+
+
+class RLELoss(nn.Module):
+    """RLE's loss (Li et al., "Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021), as mmpose
+    1.x's ``RLELoss``: with ``sigma = sigmoid(sigma_logits)`` and the normalised residual
+    ``e = (pred - target) / (sigma + 1e-9)`` per keypoint,
+
+    ``loss = log sigma - log p_flow(e)`` (the flow's log density, shared by x and y) ``+ log(2 sigma) + |e|``
+    (``residual``, Laplace ``q``; Gaussian: ``log(sigma sqrt(2 pi)) + e^2 / 2``),
+
+    per coordinate ``(B, K, 2)``, times the target weight (``use_target_weight``), divided by B (``size_average``),
+    summed. The flow (:class:`~bupose.methods.topdown.realnvp.RealNVP`) is ``flow_model``, mmpose's name.
+
+    ``forward(pred (B, K, 2), sigma_logits (B, K, 2), target (B, K, 2), target_weight (B, K, 1) or (B, K))``.
+    :meth:`from_sigma` takes ``sigma`` after the sigmoid.
+    """
+
+    def __init__(self, use_target_weight: bool = False, size_average: bool = True, residual: bool = True,
+                 q_distribution: str = "laplace"):
+        super().__init__()
+        if q_distribution not in ("laplace", "gaussian"):
+            raise ValueError(f"q_distribution must be 'laplace' or 'gaussian', got {q_distribution!r}")
+        self.use_target_weight, self.size_average = use_target_weight, size_average
+        self.residual, self.q_distribution = residual, q_distribution
+        self.flow_model = RealNVP()
+
+    def forward(self, pred, sigma_logits, target, target_weight=None) -> torch.Tensor:
+        return self.from_sigma(pred, sigma_logits.sigmoid(), target, target_weight)
+
+    def from_sigma(self, pred, sigma, target, target_weight=None) -> torch.Tensor:
+        """The loss with ``sigma`` in (0, 1) already (the sigmoid applied)."""
+        if pred.shape != target.shape or sigma.shape != target.shape or target.shape[-1] != 2:
+            raise ValueError(f"RLELoss: pred {tuple(pred.shape)}, sigma {tuple(sigma.shape)} and target "
+                             f"{tuple(target.shape)} must all be (B, K, 2)")
+        b, k = target.shape[:2]
+        error = (pred - target) / (sigma + 1e-9)
+        log_phi = self.flow_model.log_prob(error.reshape(-1, 2)).reshape(b, k, 1)
+        loss = torch.log(sigma) - log_phi
+        if self.residual:
+            if self.q_distribution == "laplace":
+                loss = loss + torch.log(sigma * 2) + error.abs()
+            else:
+                loss = loss + torch.log(sigma * math.sqrt(2 * math.pi)) + 0.5 * error ** 2
+        if self.use_target_weight:
+            if target_weight is None:
+                raise ValueError("RLELoss: use_target_weight needs target_weight")
+            loss = loss * target_weight.reshape(b, k, 1).to(loss.dtype)
+        if self.size_average:
+            loss = loss / b
+        return loss.sum()
+
+
+class TopDownRLELoss(nn.Module):
+    """The trainer's loss for RLE: ``forward(outputs, batch) -> {"loss", "rle_loss"}`` with ``outputs["coords"]``
+    ``(B, K, 4)`` (mu normalised to the crop, sigma after the sigmoid), ``batch["keypoint_labels"]`` ``(B, K, 2)`` and
+    ``batch["target_weight"]`` ``(B, K)``.
+
+    ``criterion`` is the model head's :class:`RLELoss` (``head.loss_module``, whose flow is a part of the model, so
+    the optimiser trains it and checkpoints keep it, as mmpose's). Held outside this module's parameters (the model
+    owns them). As mmpose's, the loss is divided by the process's batch; ``world_size`` and ``all_reduce`` are
+    accepted for the trainer's protocol.
+    """
+
+    def __init__(self, criterion: RLELoss):
+        super().__init__()
+        self.__dict__["criterion"] = criterion  # not a submodule: the model owns (and optimises) the flow
+
+    def forward(self, outputs: dict, batch: dict, world_size: int = 1, all_reduce=None) -> dict[str, torch.Tensor]:
+        coords = outputs["coords"]
+        loss = self.criterion.from_sigma(coords[..., :2], coords[..., 2:4], batch["keypoint_labels"].to(coords.dtype),
+                                         batch["target_weight"])
+        return {"loss": loss, "rle_loss": loss.detach()}

@@ -7,18 +7,20 @@ Tracking", ECCV 2018); ``MODEL.CODEC`` selects the heatmap codec: MSRA (default)
 al., CVPR 2020) or UDP (``UDPHeatmap``, which also switches the crops to the UDP convention; Huang et al., CVPR
 2020); ``MODEL.CODEC: {type: SimCCLabel, ...}`` makes the same backbones SimCC models (Li et al., "SimCC: a Simple
 Coordinate Classification Perspective for Human Pose Estimation", ECCV 2022): the SimCC head, the KL loss
-(``KLDiscretLoss``) and the 1-D decoding.
+(``KLDiscretLoss``) and the 1-D decoding; ``MODEL.CODEC: {type: RegressionLabel}`` makes them RLE models (Li et al.,
+"Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021): the regression head with its flow, the
+RLE loss and coordinate decoding.
 """
 from __future__ import annotations
 
 import logging
 
-from bupose.codecs import SimCCLabel, UDPHeatmap, build_codec
+from bupose.codecs import RegressionLabel, SimCCLabel, UDPHeatmap, build_codec
 from bupose.errors import ConfigError
 from bupose.methods.base import keypoint_spec
 from bupose.methods.topdown.convert import HRNET_SIGNATURE_KEYS, RESNET_SIGNATURE_KEYS
 from bupose.methods.topdown.loss import (KeypointMSELoss, KeypointOHKMMSELoss, KLDiscretLoss, TopDownHeatmapLoss,
-                                        TopDownSimCCLoss)
+                                        TopDownRLELoss, TopDownSimCCLoss)
 from bupose.methods.topdown.train_data import TopDownTrainingSet
 
 log = logging.getLogger("bupose")
@@ -34,7 +36,7 @@ def codec_config(cfg) -> dict:
     m = cfg.MODEL
     codec = dict(m.CODEC) if m.CODEC else {"type": "MSRAHeatmap"}
     sizes = (("input_size", "IMAGE_SIZE", m.IMAGE_SIZE), ("heatmap_size", "HEATMAP_SIZE", m.HEATMAP_SIZE))
-    for key, name, value in sizes[:1] if codec.get("type") == "SimCCLabel" else sizes:
+    for key, name, value in sizes[:1] if codec.get("type") in ("SimCCLabel", "RegressionLabel") else sizes:
         value = tuple(int(v) for v in value)
         given = codec.setdefault(key, value)
         if tuple(int(v) for v in given) != value:
@@ -67,12 +69,20 @@ class TopDownMethod:
         self.simcc = isinstance(self.codec, SimCCLabel)
         if self.simcc and cfg.LOSS.USE_OHKM:
             raise ConfigError("LOSS.USE_OHKM is a heatmap loss option; a SimCC codec trains with KLDiscretLoss")
+        self.regression = isinstance(self.codec, RegressionLabel)
+        if self.regression and cfg.LOSS.USE_OHKM:
+            raise ConfigError("LOSS.USE_OHKM is a heatmap loss option; a RegressionLabel codec trains with RLELoss")
+        self._rle_loss = None  # the RLE head's loss (its flow is a part of the model), set by build_model
 
     def build_model(self):
         from bupose.methods.topdown.model import build_topdown_model
 
-        return build_topdown_model(self.name, spec=self.cfg.MODEL.SPEC, num_joints=self.spec.num_keypoints,
-                                   codec=self.codec)
+        model = build_topdown_model(self.name, spec=self.cfg.MODEL.SPEC, num_joints=self.spec.num_keypoints,
+                                    codec=self.codec)
+        if self.regression:  # the trainer's loss uses this model's flow (see loss_module)
+            model.head.loss_module.use_target_weight = bool(self.cfg.LOSS.USE_TARGET_WEIGHT)
+            self._rle_loss = model.head.loss_module
+        return model
 
     def load_pretrained(self, model, path) -> None:
         """``MODEL.PRETRAINED``: ImageNet weights into the backbone only (``MODEL.SPEC.PRETRAINED_LAYERS``), as the
@@ -99,8 +109,14 @@ class TopDownMethod:
                                   color_rgb=d.COLOR_RGB, photometric=photometric, seed=c.SEED,
                                   limit=d.MAX_TRAIN_IMAGES)
 
-    def loss_module(self) -> TopDownHeatmapLoss | TopDownSimCCLoss:
+    def loss_module(self) -> TopDownHeatmapLoss | TopDownSimCCLoss | TopDownRLELoss:
+        """The trainer's loss. RLE (a RegressionLabel codec): the RLE loss of the model built last by
+        :meth:`build_model` (its flow is that model's ``head.loss_module.flow_model``, trained with it)."""
         loss = self.cfg.LOSS
+        if self.regression:
+            if self._rle_loss is None:
+                raise RuntimeError("RLE's loss uses the model's flow: call build_model() before loss_module()")
+            return TopDownRLELoss(self._rle_loss)
         if self.simcc:  # mmpose's SimCC configs: KLDiscretLoss(use_target_weight=True), beta 1, no label soft-max
             return TopDownSimCCLoss(KLDiscretLoss(use_target_weight=loss.USE_TARGET_WEIGHT))
         if loss.USE_OHKM:

@@ -17,6 +17,12 @@ With a :class:`~bupose.codecs.SimCCLabel` codec (``codec=``) the same backbones 
 :class:`~bupose.methods.topdown.heads.SimCCHead` instead (SimCC, Li et al., ECCV 2022; mmpose's
 ``simcc_res50``: the SimpleBaseline deconvolutions, a 1x1 convolution, two linear layers), and the model returns
 ``{"simcc_x": (B, K, Wx), "simcc_y": (B, K, Wy)}``.
+
+With a :class:`~bupose.codecs.RegressionLabel` codec they get RLE's
+:class:`~bupose.methods.topdown.heads.RLEHead` (Li et al., "Human Pose Regression with Residual Log-likelihood
+Estimation", ICCV 2021; mmpose's ``td-reg_res50_rle``: global average pooling, one linear layer; the deconvolution
+fields of ``MODEL.SPEC`` are not used), and the model returns ``{"coords": (B, K, 4)}`` (mu normalised to the crop,
+sigma).
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from bupose.errors import ConfigError
-from bupose.methods.topdown.heads import DECONV_PADDING, HeatmapHead, SimCCHead
+from bupose.methods.topdown.heads import DECONV_PADDING, HeatmapHead, RLEHead, SimCCHead
 from bupose.models.backbones.hrnet import EXTRA_STAGES, HRNet, stages_from_extra
 from bupose.models.backbones.resnet import RESNET_LAYERS, ResNet
 from bupose.models.layers import INITS, init_conv_bn
@@ -147,6 +153,13 @@ def is_simcc(codec) -> bool:
     return isinstance(codec, SimCCLabel)
 
 
+def is_regression(codec) -> bool:
+    """Whether ``codec`` is a coordinate-regression codec (the model then needs RLE's regression head)."""
+    from bupose.codecs.regression import RegressionLabel
+
+    return isinstance(codec, RegressionLabel)
+
+
 def feature_size(input_size, halvings: int) -> tuple[int, int]:
     """``(w, h)`` of a backbone's features after ``halvings`` stride-2 steps (each ``ceil(n / 2)``, as a 3x3 / 7x7
     convolution or max-pool with the usual padding)."""
@@ -182,6 +195,8 @@ def build_topdown_hrnet(spec: Mapping, num_joints: int, codec=None) -> TopDownHR
                      multi_scale_output=False)
     if is_simcc(codec):
         head = _simcc_head(codec, spec, backbone.out_channels, num_joints, halvings=2)
+    elif is_regression(codec):
+        head = RLEHead(in_channels=backbone.out_channels, num_joints=num_joints)
     else:
         head = HeatmapHead(in_channels=backbone.out_channels, out_channels=num_joints, deconv_out_channels=None,
                            deconv_kernel_sizes=None, final_conv_kernel=spec["FINAL_CONV_KERNEL"])
@@ -208,7 +223,9 @@ def build_topdown_resnet(spec: Mapping, num_joints: int, codec=None) -> TopDownR
     if not isinstance(spec["DECONV_WITH_BIAS"], bool):
         raise ConfigError(f"MODEL.SPEC.DECONV_WITH_BIAS must be true or false, got {spec['DECONV_WITH_BIAS']!r}")
     backbone = ResNet(depth=depth, base_channels=_check_int(spec, "BASE_CHANNELS"))
-    if is_simcc(codec):
+    if is_regression(codec):  # mmpose's td-reg_res50_rle: global average pooling and RLEHead, no deconvolutions
+        head = RLEHead(in_channels=backbone.out_channels, num_joints=num_joints)
+    elif is_simcc(codec):
         if spec["DECONV_WITH_BIAS"]:
             raise ConfigError("MODEL.SPEC.DECONV_WITH_BIAS must be false with a SimCC codec (mmpose's SimCC head)")
         head = _simcc_head(codec, spec, backbone.out_channels, num_joints, halvings=5,
@@ -233,7 +250,8 @@ FACTORIES: dict[str, Callable[..., TopDownModel]] = {
 def build_topdown_model(name: str, spec: Mapping, num_joints: int, codec=None) -> TopDownModel:
     """The top-down model ``name`` (a key of :data:`FACTORIES`) from ``MODEL.SPEC`` (the official ``MODEL.EXTRA``,
     unchanged) and K (``MODEL.NUM_JOINTS``); ``codec``: a :class:`~bupose.codecs.SimCCLabel` selects the SimCC head
-    (its ``input_size`` and ``simcc_split_ratio`` size the head), anything else (or None) the heatmap head."""
+    (its ``input_size`` and ``simcc_split_ratio`` size the head), a :class:`~bupose.codecs.RegressionLabel` RLE's
+    regression head, anything else (or None) the heatmap head."""
     if name not in FACTORIES:
         raise ConfigError(f"unknown top-down model {name!r}; known: {list(FACTORIES)}")
     if not isinstance(num_joints, int) or isinstance(num_joints, bool) or num_joints < 1:

@@ -77,7 +77,8 @@ class TopDownTrainingSet(SeededTrainingSet):
 
     The index (image, person) is built once from the reader's annotations (``get_annotations``) without decoding
     any image. Items: ``image (3, h, w)`` float32 (``h, w`` from ``input_size``), ``heatmaps (K, h', w')`` (a
-    SimCC codec: ``keypoint_x_labels (K, Wx)`` and ``keypoint_y_labels (K, Wy)``) and ``target_weight (K,)`` from
+    SimCC codec: ``keypoint_x_labels (K, Wx)`` and ``keypoint_y_labels (K, Wy)``; a RegressionLabel codec:
+    ``keypoint_labels (K, 2)``) and ``target_weight (K,)`` from
     ``codec.encode``. The image is ``/ 255`` then ImageNet mean / std normalised, in RGB
     order with ``color_rgb`` and BGR otherwise (as the official code, and as
     :func:`~bupose.methods.topdown.crops.crop_batch` at test time). :meth:`sample` returns the same item with the
@@ -184,6 +185,8 @@ class TopDownTrainingSet(SeededTrainingSet):
     def _targets(encoded: dict) -> dict:
         """The codec's targets of one person under their names: ``heatmaps (K, h', w')``, or SimCC's
         ``keypoint_x_labels (K, Wx)`` and ``keypoint_y_labels (K, Wy)``."""
+        if "keypoint_labels" in encoded:  # RegressionLabel (RLE): normalised coordinates (K, 2)
+            return {"keypoint_labels": encoded["keypoint_labels"][0]}
         if "keypoint_x_labels" in encoded:
             return {"keypoint_x_labels": encoded["keypoint_x_labels"][0],
                     "keypoint_y_labels": encoded["keypoint_y_labels"][0]}
@@ -192,7 +195,8 @@ class TopDownTrainingSet(SeededTrainingSet):
     def __getitem__(self, index: int) -> dict:
         s = self.sample(index)
         crop = s["crop"] if self.color_rgb else np.ascontiguousarray(s["crop"][..., ::-1])  # to_tensor swaps to RGB
-        names = ("heatmaps",) if "heatmaps" in s else ("keypoint_x_labels", "keypoint_y_labels")
+        names = ("heatmaps",) if "heatmaps" in s else ("keypoint_labels",) if "keypoint_labels" in s else (
+            "keypoint_x_labels", "keypoint_y_labels")
         return {"image": to_tensor(crop),
                 **{k: torch.from_numpy(np.ascontiguousarray(s[k], dtype=np.float32)) for k in names},
                 "target_weight": torch.from_numpy(np.ascontiguousarray(s["target_weight"], dtype=np.float32))}
