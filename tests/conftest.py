@@ -128,6 +128,15 @@ def subprocess_env(**extra) -> dict:
 
 
 # --- tiny top-down runs on the same synthetic dataset -----------------------------------------------------------
+#: MODEL.SPEC of a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block)
+TINY_TOPDOWN_HRNET = {"STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1],
+                                  "NUM_CHANNELS": [4, 8], "FUSE_METHOD": "SUM"},
+                      "STAGE3": {"NUM_MODULES": 1, "NUM_BRANCHES": 3, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1, 1],
+                                  "NUM_CHANNELS": [4, 8, 16], "FUSE_METHOD": "SUM"},
+                      "STAGE4": {"NUM_MODULES": 1, "NUM_BRANCHES": 4, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1, 1, 1],
+                                  "NUM_CHANNELS": [4, 8, 16, 32], "FUSE_METHOD": "SUM"}, "STEM_BLOCKS": 1}
+
+
 def tiny_topdown_yaml_text(root: Path) -> str:
     """An experiment file for a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block) on the
     synthetic CrowdPose-layout dataset under ``root``: 64x48 crops, CPU, no data workers, no validation, 2 epochs of

@@ -15,14 +15,10 @@ from bupose.methods.topdown.heads import SimCCHead
 from bupose.methods.topdown.loss import KLDiscretLoss, TopDownSimCCLoss
 from bupose.methods.topdown.model import build_topdown_model
 
+from conftest import TINY_TOPDOWN_HRNET as TINY_HRNET  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY_HRNET = {"STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1],
-                         "NUM_CHANNELS": [4, 8], "FUSE_METHOD": "SUM"},
-              "STAGE3": {"NUM_MODULES": 1, "NUM_BRANCHES": 3, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1, 1],
-                         "NUM_CHANNELS": [4, 8, 16], "FUSE_METHOD": "SUM"},
-              "STAGE4": {"NUM_MODULES": 1, "NUM_BRANCHES": 4, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1, 1, 1],
-                         "NUM_CHANNELS": [4, 8, 16, 32], "FUSE_METHOD": "SUM"}, "STEM_BLOCKS": 1}
 
 
 # --- head and model ----------------------------------------------------------------------------------------------
