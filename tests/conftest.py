@@ -128,6 +128,15 @@ def subprocess_env(**extra) -> dict:
 
 
 # --- tiny top-down runs on the same synthetic dataset -----------------------------------------------------------
+def people_in_two_boxes(seed: int = 0, k: int = 5):
+    """Two person boxes ``[x, y, w, h]`` ``(2, 4)`` and ``(2, k, 2)`` random keypoints inside them (5 px margin)."""
+    rng = np.random.default_rng(seed)
+    boxes = np.array([[30.0, 20.0, 60.0, 110.0], [120.0, 40.0, 45.0, 90.0]])
+    kps = np.stack([np.stack([rng.uniform(b[0] + 5, b[0] + b[2] - 5, k), rng.uniform(b[1] + 5, b[1] + b[3] - 5, k)],
+                             -1) for b in boxes])
+    return boxes, kps
+
+
 #: MODEL.SPEC of a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block)
 TINY_TOPDOWN_HRNET = {"STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "BASIC", "NUM_BLOCKS": [1, 1],
                                   "NUM_CHANNELS": [4, 8], "FUSE_METHOD": "SUM"},

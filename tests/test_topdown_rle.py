@@ -19,7 +19,7 @@ from bupose.methods.topdown.loss import RLELoss, TopDownRLELoss
 from bupose.methods.topdown.model import build_topdown_model
 from bupose.methods.topdown.realnvp import RealNVP
 
-from conftest import TINY_TOPDOWN_HRNET as TINY_HRNET  # noqa: E402
+from conftest import TINY_TOPDOWN_HRNET as TINY_HRNET, people_in_two_boxes as _people_case  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,14 +183,6 @@ def test_coordinates_keep_their_frame_at_scale_one_and_scale_about_the_centre():
 
 
 # --- the decoder ---------------------------------------------------------------------------------------------------
-def _people_case(seed=0, k=5):
-    rng = np.random.default_rng(seed)
-    boxes = np.array([[30.0, 20.0, 60.0, 110.0], [120.0, 40.0, 45.0, 90.0]])
-    kps = np.stack([np.stack([rng.uniform(b[0] + 5, b[0] + b[2] - 5, k), rng.uniform(b[1] + 5, b[1] + b[3] - 5, k)],
-                             -1) for b in boxes])
-    return boxes, kps
-
-
 def _outputs_for(view, kps, sigma=0.2):
     """Perfect outputs: the people's keypoints encoded in ``view``'s crops, a constant sigma."""
     c, s = view.centers[:, None].astype(np.float64), view.sizes[:, None].astype(np.float64)

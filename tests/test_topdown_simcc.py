@@ -15,7 +15,7 @@ from bupose.methods.topdown.heads import SimCCHead
 from bupose.methods.topdown.loss import KLDiscretLoss, TopDownSimCCLoss
 from bupose.methods.topdown.model import build_topdown_model
 
-from conftest import TINY_TOPDOWN_HRNET as TINY_HRNET  # noqa: E402
+from conftest import TINY_TOPDOWN_HRNET as TINY_HRNET, people_in_two_boxes as _people_case  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,14 +155,6 @@ def test_vectors_keep_their_frame_at_scale_one_and_move_to_the_centre_by_scale()
 
 
 # --- the decoder ---------------------------------------------------------------------------------------------------
-def _people_case(seed=0, k=5):
-    rng = np.random.default_rng(seed)
-    boxes = np.array([[30.0, 20.0, 60.0, 110.0], [120.0, 40.0, 45.0, 90.0]])
-    kps = np.stack([np.stack([rng.uniform(b[0] + 5, b[0] + b[2] - 5, k), rng.uniform(b[1] + 5, b[1] + b[3] - 5, k)],
-                             -1) for b in boxes])
-    return boxes, kps
-
-
 @pytest.mark.parametrize("use_dark", [False, True])
 def test_decoder_returns_people_at_the_encoded_keypoints(use_dark):
     input_size, ratio = (48, 64), 2.0
