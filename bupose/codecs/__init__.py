@@ -7,6 +7,11 @@ dict builds the same codec here::
     keypoints, scores = codec.decode(heatmaps)                 # (K, H, W) -> (1, K, 2), (1, K)
     keypoints, scores = codec.decode_batch(batch_heatmaps)     # (B, K, H, W) -> (B, K, 2), (B, K)
 
+Codecs (mmpose ``type`` names): ``MSRAHeatmap`` (Gaussian heatmaps; DARK with ``unbiased=True``), ``UDPHeatmap``
+(UDP Gaussian or combined disc + offset maps), ``SimCCLabel`` (1-D x / y classification vectors), ``RegressionLabel``
+(normalised coordinates; RLE) and ``IntegralRegressionLabel`` (normalised coordinates plus MSRA heatmaps, normalised
+to sum 1; integral regression: IPR / DSNT); the last two decode coordinates, not heatmaps.
+
 ``CODECS`` maps each ``type`` to its class; a new codec is one line here.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Mapping
 
 from bupose.codecs.base import BaseKeypointCodec
 from bupose.codecs.heatmap import MSRAHeatmap, UDPHeatmap
+from bupose.codecs.integral import IntegralRegressionLabel
 from bupose.codecs.regression import RegressionLabel
 from bupose.codecs.simcc import SimCCLabel
 from bupose.errors import ConfigError
@@ -27,6 +33,7 @@ CODECS = {
     "UDPHeatmap": UDPHeatmap,
     "SimCCLabel": SimCCLabel,
     "RegressionLabel": RegressionLabel,
+    "IntegralRegressionLabel": IntegralRegressionLabel,
 }
 
 
@@ -53,4 +60,5 @@ def build_codec(cfg: Mapping) -> BaseKeypointCodec:
     return cls(**kwargs)
 
 
-__all__ = ["BaseKeypointCodec", "CODECS", "MSRAHeatmap", "RegressionLabel", "SimCCLabel", "UDPHeatmap", "build_codec"]
+__all__ = ["BaseKeypointCodec", "CODECS", "IntegralRegressionLabel", "MSRAHeatmap", "RegressionLabel", "SimCCLabel",
+           "UDPHeatmap", "build_codec"]
