@@ -140,10 +140,21 @@ SCHEMA: tuple[Option, ...] = (
     _opt("DATASET.HSV", [0.015, 0.7, 0.4], "letterbox pipeline: YOLO HSV gains (hue, saturation, value); "
          "[0, 0, 0]: off", length=3, **_PROB),
     _opt("DATASET.PHOTOMETRIC", True, "photometric augmentation (colour, blur, noise) during training"),
-    _opt("DATASET.SCALE_FACTOR", 0.35, "top-down training: random scale 1 + N(0, s) clipped to [1 - s, 1 + s]",
-         min=0, lt=1),
-    _opt("DATASET.ROT_FACTOR", 45.0, "top-down training: random rotation N(0, r) clipped to [-2r, 2r] degrees, "
-         "applied with probability 0.6", min=0, max=90),
+    _opt("DATASET.SCALE_FACTOR", 0.35, "top-down training: random scale in [1 - s, 1 + s] (hrnet: 1 + N(0, s) "
+         "clipped; rtmpose: 1 + s * a normal truncated to [-1, 1])", min=0, lt=1),
+    _opt("DATASET.ROT_FACTOR", 45.0, "top-down training: random rotation, with probability 0.6 (hrnet: N(0, r) "
+         "clipped to [-2r, 2r] degrees; rtmpose: r * a normal truncated to [-1, 1])", min=0, max=90),
+    _opt("DATASET.AUGMENTATION", "hrnet", "top-down training: hrnet (the official SimpleBaseline / HRNet draws) or "
+         "rtmpose (RTMPose's: truncated-normal box jitter, YOLOX HSV, blur, median blur and a coarse dropout with "
+         "DATASET.DROPOUT_PROB; DATASET.PHOTOMETRIC is then not used)", choices=("hrnet", "rtmpose")),
+    _opt("DATASET.SHIFT_FACTOR", 0.0, "top-down training: random box shift of up to this fraction of the box size "
+         "(hrnet: N(0, s) clipped to [-s, s]; rtmpose: truncated normal; RTMPose: 0.16)", min=0, lt=1),
+    _opt("DATASET.SHIFT_PROB", 0.3, "top-down training: probability of the box shift", **_PROB),
+    _opt("DATASET.DROPOUT_PROB", 1.0, "top-down training, rtmpose augmentation: probability of one coarse dropout "
+         "hole (0.2 to 0.4 of the crop's sides) in the crop", **_PROB),
+    _opt("DATASET.STAGE2", {}, "top-down training: DATASET keys that change for the last TRAIN.STAGE2_EPOCHS epochs "
+         "(RTMPose's two-stage switch), e.g. {SCALE_FACTOR: 0.25, ROT_FACTOR: 60, SHIFT_FACTOR: 0, DROPOUT_PROB: "
+         "0.5}; keys: SCALE_FACTOR, ROT_FACTOR, SHIFT_FACTOR, SHIFT_PROB, DROPOUT_PROB, PROB_HALF_BODY, FLIP"),
     _opt("DATASET.PROB_HALF_BODY", 0.3, "top-down training: probability of a half-body crop", **_PROB),
     _opt("DATASET.NUM_JOINTS_HALF_BODY", 8, "top-down training: half-body crops need more than this many labelled "
          "keypoints", **_NONNEG),
@@ -200,8 +211,16 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TRAIN.NESTEROV", False, "SGD with Nesterov momentum"),
     _opt("TRAIN.DECAY_NORM_AND_BIAS", True, "weight decay on every parameter (False: not on norm weights and biases, "
          "as YOLOv5's three parameter groups)"),
-    _opt("TRAIN.LR_SCHEDULE", "step", "step (TRAIN.LR_STEP / LR_FACTOR), cosine or linear (to TRAIN.LR * LR_FINAL)",
-         choices=("step", "cosine", "linear")),
+    _opt("TRAIN.LR_SCHEDULE", "step", "step (TRAIN.LR_STEP / LR_FACTOR), cosine or linear (to TRAIN.LR * LR_FINAL), "
+         "or flat_cosine (RTMPose: TRAIN.LR for TRAIN.FLAT_EPOCHS, then a per-iteration cosine to LR * LR_FINAL)",
+         choices=("step", "cosine", "linear", "flat_cosine")),
+    _opt("TRAIN.FLAT_EPOCHS", 0, "flat_cosine schedule: epochs at TRAIN.LR before the cosine (RTMPose: half of "
+         "TRAIN.END_EPOCH)", **_NONNEG),
+    _opt("TRAIN.LAYER_DECAY", 1.0, "layer-wise learning-rate decay (ViTPose: 0.75): a ViT block i of N trains at LR "
+         "* d ** (N - i), embeddings at LR * d ** (N + 1); no weight decay on biases, norms and position embeddings; "
+         "1: off", gt=0, max=1),
+    _opt("TRAIN.STAGE2_EPOCHS", 0, "the last this many epochs train with DATASET.STAGE2's augmentation (RTMPose: "
+         "30); 0: one stage", **_NONNEG),
     _opt("TRAIN.LR_FINAL", 0.01, "cosine / linear schedules: final learning rate as a fraction of TRAIN.LR", **_NONNEG),
     _opt("TRAIN.WARMUP_EPOCHS", 0.0, "linear warm-up length in epochs (0: none)", **_NONNEG),
     _opt("TRAIN.WARMUP_MIN_ITERS", 0, "warm-up lasts at least this many iterations (YOLOv5: 1000)", **_NONNEG),
@@ -280,6 +299,9 @@ SCHEMA: tuple[Option, ...] = (
 )
 
 _BY_KEY = {o.key: o for o in SCHEMA}
+#: dict-valued keys whose entries are other keys of a section: key -> (section, the keys it may set)
+NESTED_KEYS = {"DATASET.STAGE2": ("DATASET", ("SCALE_FACTOR", "ROT_FACTOR", "SHIFT_FACTOR", "SHIFT_PROB",
+                                              "DROPOUT_PROB", "PROB_HALF_BODY", "FLIP"))}
 _SECTIONS = {k.rsplit(".", 1)[0] for k in _BY_KEY if "." in k}
 _TOP_SECTIONS = {s.split(".")[0] for s in _SECTIONS}
 
@@ -375,6 +397,14 @@ def check_value(key: str, value, where: str = "config"):
     if opt is None:
         raise _unknown(key, where)
     value = _convert(opt, value, where)
+    if key in NESTED_KEYS:  # a dict of other keys of a section: each checked as that key
+        section, allowed = NESTED_KEYS[key]
+        for k, v in value.items():
+            if k not in allowed:
+                hint = difflib.get_close_matches(str(k), allowed, n=1)
+                raise ConfigError(f"{where}: {key} cannot set {k!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                  + f" (it takes {', '.join(allowed)})")
+            value[k] = check_value(f"{section}.{k}", v, f"{where}: {key}")
     problem = _violation(opt, value)
     if problem is not None:
         expected = " and ".join(p for p in (opt.expectation(), problem) if p)

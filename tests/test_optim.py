@@ -99,3 +99,58 @@ def test_ema_follows_the_ramped_decay():
     copy = ModelEMA(_net())
     copy.load_state_dict(ema.state_dict())
     assert copy.updates == 1 and torch.equal(copy.module[0].weight, ema.module[0].weight)
+
+
+def test_flat_cosine_holds_then_follows_mmengines_per_iteration_cosine():
+    cfg = _cfg(LR_SCHEDULE="flat_cosine", LR=0.004, END_EPOCH=10, FLAT_EPOCHS=4, LR_FINAL=0.05)
+    assert [epoch_factor(cfg, e) for e in (0, 3.99, 4)] == pytest.approx([1.0, 1.0, 1.0])
+    # mmengine's CosineAnnealingLR(eta_min=0.05 lr, T_max=6 epochs), converted to iterations
+    for e in (4.5, 7.0, 9.25, 10.0):
+        want = 0.05 + (1 - 0.05) * (1 + math.cos(math.pi * (e - 4) / 6)) / 2
+        assert epoch_factor(cfg, e) == pytest.approx(want)
+    opt = build_optimizer(cfg, _net())
+    sched = Schedule(cfg, iters_per_epoch=4, global_batch=8)
+    got = sched.apply(opt, 7, 2)  # epoch 7.5: moves within the epoch
+    assert got == pytest.approx(0.004 * epoch_factor(cfg, 7.5)) and got < 0.004 * epoch_factor(cfg, 7.0)
+    with pytest.raises(ConfigError, match="FLAT_EPOCHS"):
+        epoch_factor(_cfg(LR_SCHEDULE="flat_cosine", END_EPOCH=10, FLAT_EPOCHS=10), 0)
+
+
+class _Blocks(nn.Module):
+    """A ViT-like backbone: numbered blocks and a layer_id."""
+
+    def __init__(self, depth=3):
+        super().__init__()
+        self.num_layers = depth
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, 2))
+        self.patch_embed = nn.Conv2d(3, 2, 1)
+        self.blocks = nn.ModuleList(nn.Linear(2, 2) for _ in range(depth))
+        self.last_norm = nn.LayerNorm(2)
+
+    def layer_id(self, name):
+        if name.startswith(("pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers + 1
+
+
+def test_layer_decay_scales_each_block_and_spares_vectors_and_position_embeddings():
+    model = nn.Module()
+    model.backbone, model.head = _Blocks(3), nn.Conv2d(2, 5, 1)
+    cfg = _cfg(OPTIMIZER="adamw", LR=0.1, WD=0.1, LAYER_DECAY=0.5)
+    opt = build_optimizer(cfg, model)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    group = lambda p: by_param[id(p)]  # noqa: E731
+    bb = model.backbone
+    assert group(bb.patch_embed.weight)["lr_scale"] == pytest.approx(0.5 ** 4)
+    assert group(bb.blocks[0].weight)["lr_scale"] == pytest.approx(0.5 ** 3)
+    assert group(bb.blocks[2].weight)["lr_scale"] == pytest.approx(0.5)
+    assert group(bb.last_norm.weight)["lr_scale"] == group(model.head.weight)["lr_scale"] == 1
+    assert group(bb.pos_embed)["weight_decay"] == 0 and group(bb.blocks[1].bias)["weight_decay"] == 0
+    assert group(bb.last_norm.weight)["weight_decay"] == 0 and group(model.head.weight)["weight_decay"] == 0.1
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert Schedule(cfg, 5, 8).apply(opt, 0, 0) == pytest.approx(0.1)  # the unscaled rate is reported
+    assert group(bb.blocks[0].weight)["lr"] == pytest.approx(0.1 * 0.5 ** 3)
+    with pytest.raises(ConfigError, match="LAYER_DECAY"):
+        build_optimizer(cfg, _net())

@@ -19,6 +19,7 @@ UNCHECKED = {
     "MODEL.NAME", "MODEL.PRETRAINED", "MODEL.SPEC", "MODEL.CODEC", "LOSS.GAINS", "TEST.MODEL_FILE",
     "TEST.COCO_BBOX_FILE", "TEST.DETECTOR_CFG", "TEST.DETECTOR_MODEL_FILE", "TEST.RESCORE_FILE",
     "TEST.KEYPOINT_THRESHOLD", "TEST.IMAGE_THRE", "TEST.IN_VIS_THRE",  # negative: keep everything
+    "DATASET.STAGE2",  # each entry is checked as its DATASET key (tests/test_topdown_recipe.py)
 }
 
 

@@ -698,6 +698,55 @@ class HSV:
             hsv[..., c] = cv2.LUT(hsv[..., c], table)
         return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
+
+class YOLOXHSV:
+    """YOLOX's HSV augmentation (Ge et al., "YOLOX: Exceeding YOLO Series in 2021"; mmpose's ``YOLOXHSVRandomAug``,
+    used by RTMPose): additive deltas ``uniform(-1, 1) * (hue, saturation, value)`` truncated to integers, each
+    kept with probability 1/2; OpenCV uint8 HSV, hue modulo 180, saturation and value clipped to 0..255.
+
+    Call: ``hsv(image, rng)`` with a ``(H, W, 3)`` uint8 BGR image and a ``numpy.random.Generator`` (or int seed);
+    returns a new image.
+    """
+
+    def __init__(self, hue: int = 5, saturation: int = 30, value: int = 30):
+        self.deltas = np.array([hue, saturation, value], np.float64)
+
+    def __call__(self, image: np.ndarray, rng=None) -> np.ndarray:
+        rng = _rng(rng)
+        img = _check_image(image, "YOLOXHSV")
+        gains = rng.uniform(-1, 1, 3) * self.deltas * rng.integers(0, 2, 3)
+        gains = gains.astype(np.int16)
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV).astype(np.int16)
+        hsv[..., 0] = (hsv[..., 0] + gains[0]) % 180
+        hsv[..., 1:] = np.clip(hsv[..., 1:] + gains[1:], 0, 255)
+        return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+
+
+class RTMPosePhotometric:
+    """RTMPose's image-only augmentation of a top-down crop (Jiang et al., 2023; mmpose's RTMPose configs):
+    :class:`YOLOXHSV`, then albumentations' ``Blur`` (p 0.1), ``MedianBlur`` (p 0.1) and one ``CoarseDropout`` hole
+    of 0.2 to 0.4 of the crop's height and width filled with 0, with probability ``dropout_prob`` (stage 1: 1,
+    stage 2: 0.5). Keypoints are not touched (a dropped keypoint keeps its label, as in mmpose).
+
+    Call: ``aug(crop, rng)`` with a ``(h, w, 3)`` uint8 BGR crop and a ``numpy.random.Generator``; returns a new crop.
+    """
+
+    def __init__(self, dropout_prob: float = 1.0):
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        import albumentations as A
+
+        self.dropout_prob = dropout_prob
+        self.hsv = YOLOXHSV()
+        self.rest = Photometric(transforms=[
+            A.Blur(p=0.1), A.MedianBlur(p=0.1),
+            A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(0.2, 0.4), hole_width_range=(0.2, 0.4),
+                            fill=0, p=dropout_prob)])
+
+    def __call__(self, image: np.ndarray, rng=None) -> np.ndarray:
+        rng = _rng(rng)
+        return self.rest(self.hsv(image, rng), rng)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # (e) tensors
 # --------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,28 @@ def codec_config(cfg) -> dict:
     return codec
 
 
+#: DATASET.STAGE2 keys -> TopDownTrainingSet attributes
+STAGE2_ATTRIBUTES = {"SCALE_FACTOR": "scale_factor", "ROT_FACTOR": "rotation_factor", "SHIFT_FACTOR": "shift_factor",
+                     "SHIFT_PROB": "shift_prob", "DROPOUT_PROB": "dropout_prob", "PROB_HALF_BODY": "half_body_prob",
+                     "FLIP": "flip_prob"}
+
+
+def two_stages(cfg) -> tuple[int | None, dict]:
+    """``(first epoch of the second stage, its training-set attributes)`` from ``TRAIN.STAGE2_EPOCHS`` and
+    ``DATASET.STAGE2`` (RTMPose's switch ``stage2_num_epochs`` before the end); ``(None, {})`` for one stage."""
+    n, stage2 = cfg.TRAIN.STAGE2_EPOCHS, dict(cfg.DATASET.STAGE2)
+    if not n and not stage2:
+        return None, {}
+    if not n or not stage2:
+        given, missing = ("DATASET.STAGE2", "TRAIN.STAGE2_EPOCHS") if stage2 else ("TRAIN.STAGE2_EPOCHS",
+                                                                                   "DATASET.STAGE2")
+        raise ConfigError(f"{given} is set but {missing} is not: a second augmentation stage needs both (the number "
+                          f"of last epochs, and the DATASET keys that change)")
+    if n >= cfg.TRAIN.END_EPOCH:
+        raise ConfigError(f"TRAIN.STAGE2_EPOCHS {n} must be below TRAIN.END_EPOCH {cfg.TRAIN.END_EPOCH}")
+    return cfg.TRAIN.END_EPOCH - n, {STAGE2_ATTRIBUTES[k]: v for k, v in stage2.items()}
+
+
 class TopDownMethod:
     """A top-down heatmap method; the subclasses fix ``MODEL.NAME``."""
 
@@ -65,6 +87,10 @@ class TopDownMethod:
             raise ConfigError(f"MODEL.HEATMAP_SIZE {[hw, hh]} must be MODEL.IMAGE_SIZE {[w, h]} / {MODEL_STRIDE} "
                               f"(the models' output stride)")
         self.codec = build_codec(codec_config(cfg))
+        if type(self.codec).__name__ == "IntegralRegressionLabel":
+            raise ConfigError("MODEL.CODEC IntegralRegressionLabel: bupose has this codec (targets and decoding, equal "
+                              "to mmpose's) but no integral-regression (DSNT / IPR) head to train with it; use "
+                              "MSRAHeatmap, UDPHeatmap, SimCCLabel or RegressionLabel")
         self.udp = isinstance(self.codec, UDPHeatmap)
         self.simcc = isinstance(self.codec, SimCCLabel)
         if self.simcc and cfg.LOSS.USE_OHKM:
@@ -99,15 +125,17 @@ class TopDownMethod:
         d, c = self.cfg.DATASET, self.cfg
         reader = prepare_dataset(c, d.TRAIN_SET, min_people=1)
         photometric = None
-        if d.PHOTOMETRIC:
+        if d.PHOTOMETRIC and d.AUGMENTATION == "hrnet":
             from bupose.data.pipelines import Photometric
 
             photometric = Photometric()
+        stage2_epoch, stage2 = two_stages(c)
         return TopDownTrainingSet(reader, spec=self.spec, codec=self.codec, udp=self.udp,
                                   scale_factor=d.SCALE_FACTOR, rotation_factor=d.ROT_FACTOR, flip_prob=d.FLIP,
                                   half_body_prob=d.PROB_HALF_BODY, half_body_min_keypoints=d.NUM_JOINTS_HALF_BODY,
-                                  color_rgb=d.COLOR_RGB, photometric=photometric, seed=c.SEED,
-                                  limit=d.MAX_TRAIN_IMAGES)
+                                  color_rgb=d.COLOR_RGB, photometric=photometric, augmentation=d.AUGMENTATION,
+                                  shift_factor=d.SHIFT_FACTOR, shift_prob=d.SHIFT_PROB, dropout_prob=d.DROPOUT_PROB,
+                                  stage2_epoch=stage2_epoch, stage2=stage2, seed=c.SEED, limit=d.MAX_TRAIN_IMAGES)
 
     def loss_module(self) -> TopDownHeatmapLoss | TopDownSimCCLoss | TopDownRLELoss:
         """The trainer's loss. RLE (a RegressionLabel codec): the RLE loss of the model built last by

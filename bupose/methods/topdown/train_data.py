@@ -19,6 +19,15 @@ Augmentation of one person, each draw from the item's generator (seeded by ``(se
 4. flip with probability ``flip_prob``: the image is mirrored (``x -> W - 1 - x``, the crop centre with it) and
    left / right keypoints swap with the KeypointSpec's ``flip_index``.
 
+With ``augmentation="rtmpose"`` (RTMPose, Jiang et al., 2023; mmpose's ``RandomBBoxTransform``) steps 2 and 3
+draw from a normal truncated to [-1, 1] instead: scale ``1 + t * scale_factor``, rotation ``t * rotation_factor``
+(probability ``rotation_prob``); and the crop goes through :class:`~bupose.data.pipelines.RTMPosePhotometric`
+(YOLOX HSV, blur, median blur, a coarse dropout hole with ``dropout_prob``) instead of ``photometric``. Either way,
+with ``shift_factor`` the box centre moves by ``shift * size`` with probability ``shift_prob`` (hrnet: ``N(0, s)``
+clipped to ``[-s, s]`` per axis; rtmpose: ``t * s``) before scaling. ``stage2`` (with ``stage2_epoch``): attribute
+values used from that epoch on (RTMPose's two-stage switch), e.g. ``{"scale_factor": 0.25, "rotation_factor": 60,
+"shift_factor": 0, "dropout_prob": 0.5}``.
+
 The crop is one affine warp of the source image (the flip composed in) onto ``input_size``; the keypoints move by
 the same matrix, and the codec turns them into heatmaps and keypoint weights (its visibility and inside-the-heatmap
 rules). Crop conventions (:mod:`bupose.methods.topdown.crops`): the standard crop maps the centre onto
@@ -72,6 +81,18 @@ def half_body_box(keypoints: np.ndarray, spec: KeypointSpec, aspect_ratio: float
     return center.astype(np.float64), np.array([w, h], np.float64) * HALF_BODY_PADDING
 
 
+def truncated_normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` draws of a standard normal truncated to [-1, 1] (by rejection; scipy's ``truncnorm(-1, 1)`` law)."""
+    out = np.empty(n)
+    filled = 0
+    while filled < n:
+        x = rng.standard_normal(2 * (n - filled))
+        x = x[np.abs(x) <= 1][:n - filled]
+        out[filled:filled + len(x)] = x
+        filled += len(x)
+    return out
+
+
 class TopDownTrainingSet(SeededTrainingSet):
     """The labelled people of a reader's first ``limit`` images (all when 0), one item each.
 
@@ -99,14 +120,26 @@ class TopDownTrainingSet(SeededTrainingSet):
         padding: box enlargement before the crop (1.25, the official value).
         color_rgb: network input in RGB order (``DATASET.COLOR_RGB``).
         photometric: optional image-only augmentation ``photometric(crop, rng)`` applied to the crop.
+        augmentation: ``"hrnet"`` or ``"rtmpose"`` (see above); shift_factor, shift_prob, dropout_prob: its box
+            shift and (rtmpose) dropout (``DATASET.AUGMENTATION``, ``SHIFT_FACTOR``, ``SHIFT_PROB``, ``DROPOUT_PROB``).
+        stage2_epoch, stage2: the second stage's first epoch and its attribute values (``TRAIN.STAGE2_EPOCHS``,
+            ``DATASET.STAGE2``); None / empty: one stage.
         seed, limit: see :class:`~bupose.methods.base.SeededTrainingSet` (``limit`` counts images).
     """
+
+    #: the attributes a second stage may change
+    STAGE_ATTRIBUTES = ("scale_factor", "rotation_factor", "shift_factor", "shift_prob", "dropout_prob",
+                        "half_body_prob", "flip_prob")
 
     def __init__(self, reader, *, spec: KeypointSpec, codec, udp: bool = False, scale_factor: float = 0.35,
                  rotation_factor: float = 45.0, rotation_prob: float = 0.6, flip_prob: float = 0.5,
                  half_body_prob: float = 0.3, half_body_min_keypoints: int = 8, padding: float = 1.25,
-                 color_rgb: bool = True, photometric=None, seed: int = 0, limit: int = 0):
+                 color_rgb: bool = True, photometric=None, augmentation: str = "hrnet", shift_factor: float = 0.0,
+                 shift_prob: float = 0.3, dropout_prob: float = 1.0, stage2_epoch: int | None = None,
+                 stage2: dict | None = None, seed: int = 0, limit: int = 0):
         super().__init__(reader, seed, limit)
+        if augmentation not in ("hrnet", "rtmpose"):
+            raise ValueError(f"augmentation must be 'hrnet' or 'rtmpose', got {augmentation!r}")
         self.spec, self.codec, self.udp = spec, codec, udp
         self.input_size = tuple(int(v) for v in codec.input_size)  # (w, h)
         self.aspect_ratio = self.input_size[0] / self.input_size[1]
@@ -114,9 +147,17 @@ class TopDownTrainingSet(SeededTrainingSet):
         self.flip_prob, self.half_body_prob = flip_prob, half_body_prob
         self.half_body_min_keypoints, self.padding = half_body_min_keypoints, padding
         self.color_rgb, self.photometric = color_rgb, photometric
+        self.augmentation, self.shift_factor, self.shift_prob = augmentation, shift_factor, shift_prob
+        self.dropout_prob = dropout_prob
         if half_body_prob > 0 and not (spec.upper_body_ids and spec.lower_body_ids):
             log.warning("keypoint layout %r defines no upper / lower body: no half-body augmentation", spec.name)
             self.half_body_prob = 0.0
+        unknown = sorted(set(stage2 or {}) - set(self.STAGE_ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"stage2 cannot set {unknown}; it takes {list(self.STAGE_ATTRIBUTES)}")
+        self.stage1 = {k: getattr(self, k) for k in self.STAGE_ATTRIBUTES}
+        self.stage2, self.stage2_epoch = dict(stage2 or {}), stage2_epoch
+        self._rtmpose_photometric = {}  # dropout_prob -> RTMPosePhotometric, built on first use
         num_images = self.length
         self.people = self._index(num_images)
         self.length = len(self.people)
@@ -140,6 +181,13 @@ class TopDownTrainingSet(SeededTrainingSet):
                 people.append((i, kp.astype(np.float64), center, size))
         return people
 
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's seeds, and its stage's augmentation (the second from ``stage2_epoch`` on)."""
+        super().set_epoch(epoch)
+        second = self.stage2_epoch is not None and epoch >= self.stage2_epoch
+        for k, v in {**self.stage1, **(self.stage2 if second else {})}.items():
+            setattr(self, k, v)
+
     # --- one item ------------------------------------------------------------------------------------------
     def augment(self, keypoints: np.ndarray, center: np.ndarray, size: np.ndarray, rng: np.random.Generator):
         """The random draws for one person: ``(center, size, rotation, flip)`` (before any flip of the image)."""
@@ -148,12 +196,31 @@ class TopDownTrainingSet(SeededTrainingSet):
             half = half_body_box(keypoints, self.spec, self.aspect_ratio, upper_first=rng.standard_normal() < 0.5)
             if half is not None:
                 center, size = half
-        sf, rf = self.scale_factor, self.rotation_factor
-        size = size * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
-        rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf)) if rng.random() <= self.rotation_prob \
-            else 0.0
+        sf, rf, shift = self.scale_factor, self.rotation_factor, self.shift_factor
+        if self.augmentation == "rtmpose":
+            draws = truncated_normal(rng, 4)
+            if shift > 0 and rng.random() < self.shift_prob:
+                center = center + draws[:2] * shift * size
+            size = size * (1 + draws[2] * sf)
+            rotation = float(draws[3] * rf) if rng.random() < self.rotation_prob else 0.0
+        else:
+            if shift > 0 and rng.random() < self.shift_prob:
+                center = center + np.clip(rng.standard_normal(2) * shift, -shift, shift) * size
+            size = size * np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf)
+            rotation = float(np.clip(rng.standard_normal() * rf, -2 * rf, 2 * rf)) \
+                if rng.random() <= self.rotation_prob else 0.0
         flip = bool(rng.random() < self.flip_prob)
         return center, size, rotation, flip
+
+    def _photometric(self):
+        """The image-only augmentation of the crops (None: none)."""
+        if self.augmentation != "rtmpose":
+            return self.photometric
+        if self.dropout_prob not in self._rtmpose_photometric:
+            from bupose.data.pipelines import RTMPosePhotometric
+
+            self._rtmpose_photometric[self.dropout_prob] = RTMPosePhotometric(dropout_prob=self.dropout_prob)
+        return self._rtmpose_photometric[self.dropout_prob]
 
     def sample(self, index: int) -> dict:
         """Item ``index`` of the current epoch with what made it: numpy ``crop (h, w, 3)`` BGR uint8, ``keypoints
@@ -173,8 +240,9 @@ class TopDownTrainingSet(SeededTrainingSet):
         matrix = G.compose(to_image, to_crop)
         kps[:, :2] = G.warp_points(kps[:, :2], to_crop)
         crop = G.warp_image(image, matrix, self.input_size)
-        if self.photometric is not None:
-            crop = self.photometric(crop, rng)
+        photometric = self._photometric()
+        if photometric is not None:
+            crop = photometric(crop, rng)
         labelled = (kps[:, 2] > 0).astype(np.float32)
         targets = self.codec.encode(kps[None, :, :2], labelled[None])
         return {"crop": crop, "keypoints": kps, "matrix": matrix, **self._targets(targets),
