@@ -6,7 +6,9 @@ Counted per output element, for one image:
 * ``Linear``: ``in_features`` MACs, plus 1 for the bias;
 * batch norm: 1 MAC (a scale-and-shift; folded into the convolution before it, it becomes that conv's bias, so a
   model counts the same before and after folding);
-* everything else (activations, pooling, resampling, additions, concatenations): nothing.
+* products of two activations (attention's ``q k^T`` and ``attn v``): what the module that computes them declares
+  in a method ``matmul_macs(inputs, output) -> int`` (per forward call, added to its Conv / Linear children's);
+* everything else (activations, pooling, resampling, additions, concatenations, layer norm): nothing.
 
 This convention reproduces the GMACS column of the official YOLO-Pose README (TexasInstruments/edgeai-yolov5,
 branch ``yolo-pose``) for the released non-lite models (depthwise keypoint head) within 0.07 GMACs: s6 at 640:
@@ -53,12 +55,14 @@ def count_params_macs(model: nn.Module, input_size: int | Sequence[int] = (640, 
 
     def hook(module, inputs, output):
         nonlocal total
-        if isinstance(output, torch.Tensor):
+        if hasattr(module, "matmul_macs"):
+            total += int(module.matmul_macs(inputs, output))
+        elif isinstance(output, torch.Tensor):
             total += _module_macs(module, output)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d,
-                                                                                          nn.Conv3d, nn.Linear,
-                                                                                          *_NORMS))]
+    counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *_NORMS)
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, counted) or hasattr(m, "matmul_macs")]
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
