@@ -32,3 +32,13 @@ def test_declared_activation_products_are_added_to_the_layers_macs():
     plain = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False))
     assert count_params_macs(plain, (2, 3))[1] == n * 4 * 3
     assert model(torch.ones(1, 3, 2, 3)).shape == (1, 4, 2, 3)
+
+
+def test_a_transposed_convolution_counts_each_input_value_spread_over_its_kernel():
+    deconv = nn.ConvTranspose2d(3, 5, kernel_size=4, stride=2, padding=1, bias=True)
+    params, macs = count_params_macs(deconv, (6, 4))
+    assert params == 3 * 5 * 16 + 5
+    # by hand: every one of the 3 * 6 * 4 input values meets 5 * 4 * 4 weights; one bias add per output value
+    assert macs == 3 * 6 * 4 * 5 * 16 + 5 * 12 * 8
+    grouped = nn.ConvTranspose2d(4, 4, kernel_size=2, stride=2, groups=4, bias=False)
+    assert count_params_macs(grouped, (3, 3), in_channels=4)[1] == 4 * 9 * 1 * 4

@@ -3,6 +3,9 @@
 Counted per output element, for one image:
 
 * ``Conv2d`` (and 1d / 3d): ``in_channels / groups * prod(kernel_size)`` MACs, plus 1 for the bias if it has one;
+* ``ConvTranspose2d`` (and 1d / 3d): ``out_channels / groups * prod(kernel_size)`` MACs per *input* element (each
+  input value is spread over a kernel-sized patch of every output channel), plus 1 per output element for the
+  bias;
 * ``Linear``: ``in_features`` MACs, plus 1 for the bias;
 * batch norm: 1 MAC (a scale-and-shift; folded into the convolution before it, it becomes that conv's bias, so a
   model counts the same before and after folding);
@@ -31,7 +34,10 @@ import torch.nn as nn
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def _module_macs(module: nn.Module, output: torch.Tensor) -> int:
+def _module_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        per_input = module.out_channels // module.groups * math.prod(module.kernel_size)
+        return inputs[0].numel() * per_input + (output.numel() if module.bias is not None else 0)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
         return output.numel() * (per_output + (module.bias is not None))
@@ -58,9 +64,10 @@ def count_params_macs(model: nn.Module, input_size: int | Sequence[int] = (640, 
         if hasattr(module, "matmul_macs"):
             total += int(module.matmul_macs(inputs, output))
         elif isinstance(output, torch.Tensor):
-            total += _module_macs(module, output)
+            total += _module_macs(module, inputs, output)
 
-    counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, *_NORMS)
+    counted = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+               nn.Linear, *_NORMS)
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, counted) or hasattr(m, "matmul_macs")]
     modes = {m: m.training for m in model.modules()}
