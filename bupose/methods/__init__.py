@@ -55,6 +55,8 @@ METHODS = {
     "dla_adaptive_pose": "bupose.methods.adaptive_pose.method:DLAAdaptivePoseMethod",
     "topdown_hrnet": "bupose.methods.topdown.method:TopDownHRNetMethod",
     "topdown_resnet": "bupose.methods.topdown.method:TopDownResNetMethod",
+    "topdown_vit": "bupose.methods.topdown.vitpose:TopDownViTMethod",
+    "topdown_cspnext": "bupose.methods.topdown.rtmpose:TopDownCSPNeXtMethod",
 }
 
 

@@ -240,10 +240,24 @@ def build_topdown_resnet(spec: Mapping, num_joints: int, codec=None) -> TopDownR
         spec["INIT"])
 
 
+def _build_topdown_cspnext(spec: Mapping, num_joints: int, codec=None) -> TopDownModel:
+    from bupose.methods.topdown.rtmpose import build_topdown_cspnext  # RTMPose's module imports this one
+
+    return build_topdown_cspnext(spec, num_joints, codec=codec)
+
+
+def _build_topdown_vit(spec: Mapping, num_joints: int, codec=None) -> TopDownModel:
+    from bupose.methods.topdown.vitpose import build_topdown_vit  # imported here: vitpose imports this module
+
+    return build_topdown_vit(spec, num_joints, codec=codec)
+
+
 #: ``MODEL.NAME`` -> factory ``(spec, num_joints, codec=None) -> TopDownModel``
 FACTORIES: dict[str, Callable[..., TopDownModel]] = {
     "topdown_hrnet": build_topdown_hrnet,
     "topdown_resnet": build_topdown_resnet,
+    "topdown_vit": _build_topdown_vit,
+    "topdown_cspnext": _build_topdown_cspnext,
 }
 
 
