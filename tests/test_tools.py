@@ -176,3 +176,12 @@ def test_options_may_come_after_the_overrides(tmp_path, capsys):
     assert "error: command line: TRAIN.IMAGES_PER_GPU is 0; expected >= 1" in capsys.readouterr().err
     assert test.main(["--cfg", str(cfg), "TEST.SCALE_FACTOR", "[]", "--output-dir", str(tmp_path)]) == 2
     assert "TEST.SCALE_FACTOR is []; expected non-empty, each > 0" in capsys.readouterr().err
+
+
+def test_summary_counts_a_topdown_config_at_its_crop_size():
+    summary = _tool("summary")
+    name, size, params, gmacs = summary.summarise(str(REPO / "experiments/synthetic/topdown_rtmpose_tiny_128x96.yaml"))
+    assert size == "96x128" and params > 0
+    _, square, _, gmacs_square = summary.summarise(
+        str(REPO / "experiments/synthetic/topdown_rtmpose_tiny_128x96.yaml"), input_size=128)
+    assert square == "128" and gmacs_square > gmacs  # 128x128 has more pixels than 96x128

@@ -21,16 +21,27 @@ from bupose.methods import build_method  # noqa: E402
 from bupose.models.complexity import count_params_macs  # noqa: E402
 
 
-def summarise(cfg_path: str, input_size: int | None = None) -> tuple[str, int, int, float]:
-    """``(name, input size, parameters, GMACs)`` of one config."""
+def input_shape(cfg, input_size: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of one network input: ``--input-size`` squared, a top-down config's crop
+    (``MODEL.IMAGE_SIZE``, width first), else the square ``DATASET.INPUT_SIZE``."""
+    if input_size:
+        return input_size, input_size
+    if cfg.MODEL.NAME.startswith("topdown_"):
+        w, h = cfg.MODEL.IMAGE_SIZE
+        return h, w
+    return cfg.DATASET.INPUT_SIZE, cfg.DATASET.INPUT_SIZE
+
+
+def summarise(cfg_path: str, input_size: int | None = None) -> tuple[str, str, int, float]:
+    """``(name, input "WxH" or side, parameters, GMACs)`` of one config."""
     cfg = load_config(cfg_path)
-    size = input_size or cfg.DATASET.INPUT_SIZE
+    h, w = input_shape(cfg, input_size)
     try:
         with torch.device("meta"):
-            params, macs = count_params_macs(build_method(cfg).build_model(), (size, size))
-    except RuntimeError:  # an op without a meta implementation (DEKR's autocast guard): count on the CPU
-        params, macs = count_params_macs(build_method(cfg).build_model(), (size, size))
-    return cfg_path, size, params, macs / 1e9
+            params, macs = count_params_macs(build_method(cfg).build_model(), (h, w))
+    except (RuntimeError, NotImplementedError):  # an op without a meta implementation: count on the CPU
+        params, macs = count_params_macs(build_method(cfg).build_model(), (h, w))
+    return cfg_path, str(h) if h == w else f"{w}x{h}", params, macs / 1e9
 
 
 def main(argv=None) -> int:
