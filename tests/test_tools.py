@@ -180,8 +180,8 @@ def test_options_may_come_after_the_overrides(tmp_path, capsys):
 
 def test_summary_counts_a_topdown_config_at_its_crop_size():
     summary = _tool("summary")
-    name, size, params, gmacs = summary.summarise(str(REPO / "experiments/synthetic/topdown_rtmpose_tiny_128x96.yaml"))
+    name, size, params, gmacs = summary.summarise(str(REPO / "experiments/synthetic/topdown_hrnet_simple_128x96.yaml"))
     assert size == "96x128" and params > 0
     _, square, _, gmacs_square = summary.summarise(
-        str(REPO / "experiments/synthetic/topdown_rtmpose_tiny_128x96.yaml"), input_size=128)
+        str(REPO / "experiments/synthetic/topdown_hrnet_simple_128x96.yaml"), input_size=128)
     assert square == "128" and gmacs_square > gmacs  # 128x128 has more pixels than 96x128
