@@ -9,7 +9,8 @@ Experiment files are YAML with the HRNet/DEKR layout (``MODEL.*``, ``DATASET.*``
       END_EPOCH: 140
 
 and command lines override single keys as ``KEY VALUE`` pairs (``TRAIN.END_EPOCH 10 TEST.FLIP_TEST False
-TEST.SCALE_FACTOR [0.5,1,2]``); values are parsed as YAML. An unknown key is an error naming the closest valid
+TEST.SCALE_FACTOR [0.5,1,2]``); values are parsed as YAML. A dict value (``MODEL.SPEC``, ``DATASET.STAGE2``) merges
+into the one there, key by key; an empty dict ``{}`` clears it. An unknown key is an error naming the closest valid
 key (for a misspelt section, the closest section and the closest key in it); a value of the wrong type is an error
 naming key, expected type and value. Each :class:`Option` also carries its checks as data (``min``/``max``/``gt``/
 ``lt``, ``choices``, ``pattern``, ``nonempty``, ``length``); :func:`check_value` applies them to every value read,
@@ -580,7 +581,7 @@ def check_config(cfg: Config, where: str = "config") -> None:
 
 def _merge(cfg: Config, key: str, value, where: str) -> None:
     value = check_value(key, value, where)
-    if _BY_KEY[key].type == "dict":
+    if _BY_KEY[key].type == "dict" and value:  # a dict merges into the one there; an empty one clears it
         value = _deep_merge(cfg.get_key(key), value)
     _set(cfg, key, value)
 

@@ -70,6 +70,10 @@ def test_model_spec_deep_merges(tmp_path):
     write(tmp_path / "base.yaml", "MODEL:\n  SPEC:\n    STAGES:\n      NUM_STAGES: 3\n      FUSE: SUM\n")
     exp = write(tmp_path / "e.yaml", "_BASE_: base.yaml\nMODEL:\n  SPEC:\n    STAGES:\n      NUM_STAGES: 4\n")
     assert load_config(exp).MODEL.SPEC == {"STAGES": {"NUM_STAGES": 4, "FUSE": "SUM"}}
+    # an empty dict clears (in a file or on the command line), as a merge of nothing would be a no-op
+    assert load_config(exp, ["MODEL.SPEC", "{}"]).MODEL.SPEC == {}
+    cleared = write(tmp_path / "c.yaml", "_BASE_: base.yaml\nMODEL:\n  SPEC: {}\n")
+    assert load_config(cleared).MODEL.SPEC == {}
 
 
 def test_saved_config_loads_back(tmp_path):
