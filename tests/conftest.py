@@ -146,14 +146,13 @@ TINY_TOPDOWN_HRNET = {"STAGE2": {"NUM_MODULES": 1, "NUM_BRANCHES": 2, "BLOCK": "
                                   "NUM_CHANNELS": [4, 8, 16, 32], "FUSE_METHOD": "SUM"}, "STEM_BLOCKS": 1}
 
 
-def tiny_topdown_yaml_text(root: Path) -> str:
-    """An experiment file for a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block) on the
-    synthetic CrowdPose-layout dataset under ``root``: 64x48 crops, CPU, no data workers, no validation, 2 epochs of
-    batch 8, ground-truth boxes at test."""
-    base = (REPO / "experiments" / "synthetic" / "topdown_hrnet_simple_128x96.yaml").as_posix()
+def tiny_synthetic_header(root: Path, base: str, output: Path | None = None) -> str:
+    """The first lines of a test experiment file: ``experiments/synthetic/<base>`` on the small synthetic
+    CrowdPose-layout dataset under ``root`` (``DATASET`` section complete), CPU, no data workers, runs under
+    ``output`` (default ``root/output``); append other sections."""
     return f"""\
-_BASE_: {base}
-OUTPUT_DIR: {(root / "output").as_posix()}
+_BASE_: {(REPO / "experiments" / "synthetic" / base).as_posix()}
+OUTPUT_DIR: {(output or root / "output").as_posix()}
 WORKERS: 0
 DEVICE: cpu
 DATASET:
@@ -161,13 +160,21 @@ DATASET:
   ROOT: {root.as_posix()}
   SYNTHETIC_TRAIN_IMAGES: {TINY_NUM_TRAIN}
   SYNTHETIC_VAL_IMAGES: {TINY_NUM_VAL}
+"""
+
+
+def tiny_topdown_yaml_text(root: Path) -> str:
+    """An experiment file for a tiny top-down HRNet (widths 4/8/16/32, one block everywhere, one stem block) on the
+    synthetic CrowdPose-layout dataset under ``root``: 64x48 crops, CPU, no data workers, no validation, 2 epochs of
+    batch 8, ground-truth boxes at test."""
+    return tiny_synthetic_header(root, "topdown_hrnet_simple_128x96.yaml") + """\
 MODEL:
   IMAGE_SIZE: [48, 64]
   HEATMAP_SIZE: [12, 16]
   SPEC:
-    STAGE2: {{NUM_BLOCKS: [1, 1], NUM_CHANNELS: [4, 8]}}
-    STAGE3: {{NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [4, 8, 16]}}
-    STAGE4: {{NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [4, 8, 16, 32]}}
+    STAGE2: {NUM_BLOCKS: [1, 1], NUM_CHANNELS: [4, 8]}
+    STAGE3: {NUM_BLOCKS: [1, 1, 1], NUM_CHANNELS: [4, 8, 16]}
+    STAGE4: {NUM_BLOCKS: [1, 1, 1, 1], NUM_CHANNELS: [4, 8, 16, 32]}
 TRAIN:
   END_EPOCH: 2
   IMAGES_PER_GPU: 8

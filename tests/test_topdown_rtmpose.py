@@ -23,7 +23,7 @@ from bupose.methods.topdown.rtmcc import RTMCCBlock, RTMCCHead
 from bupose.methods.topdown.rtmpose import (LOSS_BETA, LOSS_LABEL_SOFTMAX, TopDownCSPNeXt, TopDownCSPNeXtMethod,
                                             load_pretrained_cspnext)
 
-from conftest import REPO, TINY_NUM_TRAIN, TINY_NUM_VAL, TINY_TOPDOWN_HRNET  # noqa: E402
+from conftest import TINY_TOPDOWN_HRNET, tiny_synthetic_header  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -237,17 +237,7 @@ def test_gau_options_outside_rtmpose_are_refused_and_drop_path_trains():
 @pytest.fixture(scope="module")
 def rtmpose_yaml(synthetic_root):
     path = synthetic_root / "rtmpose_tiny_test.yaml"
-    base = (REPO / "experiments" / "synthetic" / "topdown_rtmpose_tiny_128x96.yaml").as_posix()
-    path.write_text(f"""\
-_BASE_: {base}
-OUTPUT_DIR: {(synthetic_root / "output").as_posix()}
-WORKERS: 0
-DEVICE: cpu
-DATASET:
-  DATASET: synthetic_crowdpose
-  ROOT: {synthetic_root.as_posix()}
-  SYNTHETIC_TRAIN_IMAGES: {TINY_NUM_TRAIN}
-  SYNTHETIC_VAL_IMAGES: {TINY_NUM_VAL}
+    path.write_text(tiny_synthetic_header(synthetic_root, "topdown_rtmpose_tiny_128x96.yaml") + """\
 TRAIN:
   END_EPOCH: 1
   IMAGES_PER_GPU: 4

@@ -19,7 +19,7 @@ from bupose.methods.topdown.vitpose import TopDownViT, ViTPoseSimpleHead
 from bupose.methods.topdown.vitpose_convert import load_pretrained_vit, vitpose_to_bupose
 from bupose.models.backbones.vit import resize_pos_embed
 
-from conftest import REPO, TINY_NUM_TRAIN, TINY_NUM_VAL, TINY_TOPDOWN_HRNET  # noqa: E402
+from conftest import TINY_TOPDOWN_HRNET, tiny_synthetic_header  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -243,22 +243,13 @@ def test_one_training_step_through_the_method(synthetic_root, tmp_path):
     from bupose.config import load_config
     from bupose.methods import build_method
 
-    base = (REPO / "experiments" / "synthetic" / "topdown_vitpose_tiny_128x96.yaml").as_posix()
     path = tmp_path / "vitpose.yaml"
-    path.write_text(f"""_BASE_: {base}
-OUTPUT_DIR: {(tmp_path / "output").as_posix()}
-WORKERS: 0
-DEVICE: cpu
-DATASET:
-  DATASET: synthetic_crowdpose
-  ROOT: {synthetic_root.as_posix()}
-  SYNTHETIC_TRAIN_IMAGES: {TINY_NUM_TRAIN}
-  SYNTHETIC_VAL_IMAGES: {TINY_NUM_VAL}
+    path.write_text(tiny_synthetic_header(synthetic_root, "topdown_vitpose_tiny_128x96.yaml", tmp_path / "output") + """\
 MODEL:
   IMAGE_SIZE: [48, 64]
   HEATMAP_SIZE: [12, 16]
-  CODEC: {{type: UDPHeatmap, sigma: 2.0}}
-  SPEC: {{EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2, DROP_PATH_RATE: 0.1}}
+  CODEC: {type: UDPHeatmap, sigma: 2.0}
+  SPEC: {EMBED_DIM: 32, DEPTH: 2, NUM_HEADS: 2, DROP_PATH_RATE: 0.1}
 """, encoding="utf-8")
     method = build_method(load_config(path))
     assert method.name == "topdown_vit" and method.udp

@@ -186,8 +186,8 @@ def load_official(model: nn.Module, checkpoint) -> nn.Module:
     return model
 
 
-def load_pretrained_backbone(model: nn.Module, checkpoint,
-                             pretrained_layers: Sequence[str] | None = None) -> dict[str, list[str]]:
+def load_pretrained_backbone(model: nn.Module, checkpoint, pretrained_layers: Sequence[str] | None = None, *,
+                             name_of=None, what: str = "ImageNet weights") -> dict[str, list[str]]:
     """Load ImageNet weights (``MODEL.PRETRAINED``: torchvision's ``resnet50-19c8e357.pth``, the official
     ``hrnet_w32-36af842e.pth``; flat or ``backbone.``-prefixed names) into ``model.backbone``, as the official
     ``init_weights``: the entries whose first name component is in ``pretrained_layers`` (default: the model's
@@ -197,20 +197,24 @@ def load_pretrained_backbone(model: nn.Module, checkpoint,
     Raises CheckpointError when a taken entry has another shape (``"backbone is HRNet-W48 in the checkpoint, the
     model is HRNet-W32"``), when a backbone entry of those layers is absent from the checkpoint (another depth),
     or when nothing fits. Returns ``{"loaded", "missing", "unused"}`` key lists (``missing``: BN
-    ``num_batches_tracked`` counters absent from old files)."""
+    ``num_batches_tracked`` counters absent from old files).
+
+    A file with ``backbone.``-prefixed entries gives only those (mmpose's ``Pretrained`` init with
+    ``prefix='backbone.'``: a whole pose model's head is not used). ``name_of(state_dict) -> str`` names a backbone
+    in the messages (default: HRNet / ResNet names), ``what`` the kind of file."""
     sd = plain_state_dict(checkpoint)
-    if sd and all(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items()}
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     layers = tuple(pretrained_layers if pretrained_layers is not None else getattr(model, "pretrained_layers", "*"))
     backbone = model.backbone
     ours = backbone.state_dict()
+    name_of = name_of or (lambda state_dict: backbone_name(state_dict, ""))
 
     def taken(k: str) -> bool:
         return "*" in layers or k.split(".")[0] in layers
 
     loaded = {k: v for k, v in sd.items() if taken(k) and k in ours}
-    what = f"ImageNet weights: backbone is {backbone_name(sd, '')} in the checkpoint, the model is " \
-           f"{backbone_name(ours, '')}"
+    what = f"{what}: backbone is {name_of(sd)} in the checkpoint, the model is {name_of(ours)}"
     bad = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}" for k, v in loaded.items()
            if v.shape != ours[k].shape]
     if bad:

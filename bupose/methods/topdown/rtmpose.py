@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError, ConfigError
+from bupose.methods.topdown.convert import load_pretrained_backbone
 from bupose.methods.topdown.loss import KLDiscretLoss, TopDownSimCCLoss
 from bupose.methods.topdown.method import TopDownMethod
 from bupose.methods.topdown.model import TopDownModel, _check_fields, feature_size, is_simcc
@@ -280,30 +281,8 @@ def load_pretrained_cspnext(model: nn.Module, checkpoint,
     Raises CheckpointError when the widths or depths differ (``"backbone is CSPNeXt-s in the checkpoint, the model
     is CSPNeXt-m"``) or a taken module's entries are absent. Returns ``{"loaded", "missing", "unused"}`` key
     lists."""
-    sd = plain_state_dict(checkpoint)
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    layers = tuple(pretrained_layers if pretrained_layers is not None else getattr(model, "pretrained_layers", "*"))
-    backbone = model.backbone
-    ours = backbone.state_dict()
-
-    def taken(k: str) -> bool:
-        return "*" in layers or k.split(".")[0] in layers
-
-    what = f"CSPNeXt weights: backbone is {cspnext_name(sd, '') or 'not a CSPNeXt'} in the checkpoint, the model " \
-           f"is {cspnext_name(ours, '')}"
-    loaded = {k: v for k, v in sd.items() if taken(k) and k in ours}
-    bad = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}" for k, v in loaded.items()
-           if v.shape != ours[k].shape]
-    if bad:
-        raise CheckpointError(f"{what}; {len(bad)} shape mismatches: " + "; ".join(bad[:3]))
-    missing = [k for k in ours if taken(k) and k not in loaded]
-    absent = [k for k in missing if not k.endswith("num_batches_tracked")]
-    if not loaded or absent:
-        raise CheckpointError(f"{what}; backbone entries not in the checkpoint: {shorten_keys(absent)}; its keys: "
-                              f"{shorten_keys(sd, 5)}")
-    backbone.load_state_dict(loaded, strict=False)
-    return {"loaded": sorted(loaded), "missing": sorted(missing), "unused": sorted(set(sd) - set(loaded))}
+    return load_pretrained_backbone(model, checkpoint, pretrained_layers, what="CSPNeXt weights",
+                                    name_of=lambda sd: cspnext_name(sd, "") or "not a CSPNeXt")
 
 
 # --- the method --------------------------------------------------------------------------------------------------
