@@ -21,7 +21,11 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime"],  # onnx*: the export tests run too
-        "export": ["onnx", "onnxruntime"],
+        # onnx*, matplotlib: the export and plot tests run too
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxruntime", "onnxscript", "matplotlib"],
+        # tools/export.py: onnxscript is what torch.onnx.export's default (dynamo) exporter needs
+        "export": ["onnx", "onnxruntime", "onnxscript"],
+        "plot": ["matplotlib"],  # tools/plot.py, tools/benchmarks/learning_curve.py --plot
     },
+    entry_points={"console_scripts": ["bupose=bupose.cli:main"]},
 )

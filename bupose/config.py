@@ -250,6 +250,8 @@ SCHEMA: tuple[Option, ...] = (
          nonempty=True, **_POS),
     _opt("TEST.IMAGES_PER_GPU", 1, "test batch size", min=1),
     _opt("TEST.MAX_NUM_PEOPLE", 30, "at most this many people per image", min=1),
+    _opt("TEST.SCORE_THRESHOLD", 0.0, "bupose.Predictor and the demo drop people scoring below this (evaluation keeps "
+         "everyone)", **_NONNEG),
     _opt("TEST.KEYPOINT_THRESHOLD", 0.01, "candidates (DEKR: centre peaks) below this score are dropped (negative: "
          "keep all)"),
     _opt("TEST.NMS_THRE", 0.15, "DEKR pose NMS: keypoint distance threshold relative to the pose size", **_NONNEG),

@@ -99,3 +99,67 @@ def make_grid(images: Sequence[np.ndarray], labels: Sequence[str] | None = None,
             cv2.putText(grid, text, (bx + 3, by + th_ + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                         cv2.LINE_AA)
     return grid
+
+
+def people_arrays(people, num_keypoints: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keypoints (N, K, 3), scores (N,), boxes (N, 4) [x, y, w, h])`` of ``people``: a
+    :class:`bupose.inference.people.People`, the list of dicts ``bupose.Predictor`` returns, or an ``(N, K, 3)`` /
+    ``(K, 3)`` keypoint array (scores 1, boxes the keypoints' extent)."""
+    if hasattr(people, "keypoints") and hasattr(people, "scores"):
+        kps, scores, boxes = people.keypoints, people.scores, people.boxes
+    elif isinstance(people, (list, tuple)) and (len(people) == 0 or isinstance(people[0], dict)):
+        kps = [p["keypoints"] for p in people]
+        scores = [p.get("score", 1.0) for p in people]
+        boxes = [p["bbox"] for p in people] if all("bbox" in p for p in people) else None
+    else:
+        kps, scores, boxes = people, None, None
+    kps = np.asarray(kps, np.float64)
+    if kps.size == 0:
+        kps = kps.reshape(0, num_keypoints, 3)
+    if kps.ndim == 2:
+        kps = kps[None]
+    if kps.ndim != 3 or kps.shape[1:] != (num_keypoints, 3):
+        raise ValueError(f"expected (N, {num_keypoints}, 3) keypoints, got shape {kps.shape}")
+    scores = np.ones(len(kps)) if scores is None else np.asarray(scores, np.float64).reshape(-1)
+    if boxes is None:
+        lo, hi = kps[..., :2].min(1), kps[..., :2].max(1)
+        boxes = np.concatenate([lo, hi - lo], 1)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(scores) != len(kps) or len(boxes) != len(kps):
+        raise ValueError(f"{len(kps)} people but {len(scores)} scores and {len(boxes)} boxes")
+    return kps, scores, boxes
+
+
+def draw_poses(image_bgr: np.ndarray, people, spec: KeypointSpec, *, keypoint_threshold: float = 0.3,
+               show_score: bool = False, show_box: bool = False, radius: int = 3, thickness: int = 2,
+               box_color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """Draw predicted people on a copy of an image: skeletons (:func:`draw_people`), and optionally each person's
+    box and score.
+
+    Args:
+        image_bgr: ``(H, W, 3)`` uint8 (or grey ``(H, W)``).
+        people: what ``bupose.Predictor`` returns (a list of ``{"keypoints", "score", "bbox"}``), a ``People``, or an
+            ``(N, K, 3)`` array; image pixels, pixel centres at integer coordinates.
+        spec: the keypoint layout (``Predictor.spec``).
+        keypoint_threshold: joints whose score is ``<=`` this are not drawn (nor their limbs).
+        show_score: write each person's score above its box's top-left corner.
+        show_box: draw each person's ``[x, y, w, h]`` box.
+    Returns:
+        A new ``(H, W, 3)`` uint8 image.
+    """
+    kps, scores, boxes = people_arrays(people, spec.num_keypoints)
+    img = draw_people(image_bgr, kps, spec, score_threshold=keypoint_threshold, radius=radius, thickness=thickness)
+    for score, (x, y, w, h) in zip(scores, boxes):
+        if not np.isfinite([x, y, w, h]).all():
+            continue
+        p1, p2 = (int(round(x)), int(round(y))), (int(round(x + w)), int(round(y + h)))
+        if show_box:
+            cv2.rectangle(img, p1, p2, box_color, 1)
+        if show_score:
+            text = f"{score:.2f}"
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+            tx, ty = max(0, p1[0]), max(th + base, p1[1])
+            cv2.rectangle(img, (tx, ty - th - base), (tx + tw + 2, ty), (0, 0, 0), -1)
+            cv2.putText(img, text, (tx + 1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+    return img

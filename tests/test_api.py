@@ -100,9 +100,12 @@ def test_predictor_returns_people(official_cfg, official_model, synthetic_root):
         assert isinstance(p["score"], float)
         x, y, bw, bh = p["bbox"]
         assert all(isinstance(v, float) for v in p["bbox"]) and bw >= 0 and bh >= 0
-        assert (kp[:, 0] >= x - 1e-3).all() and (kp[:, 0] <= x + bw + 1e-3).all()
-        assert (kp[:, 1] >= y - 1e-3).all() and (kp[:, 1] <= y + bh + 1e-3).all()
-        assert -0.5 * w < x < 1.5 * w and -0.5 * h < y < 1.5 * h  # image pixels, not network-input pixels
+        # the box: the keypoints' extent clipped to the image's pixel centres (issue #14)
+        inside = (kp[:, 0] >= 0) & (kp[:, 0] <= w - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= h - 1)
+        assert (kp[inside, 0] >= x - 1e-3).all() and (kp[inside, 0] <= x + bw + 1e-3).all()
+        assert (kp[inside, 1] >= y - 1e-3).all() and (kp[inside, 1] <= y + bh + 1e-3).all()
+        assert 0 <= x <= x + bw <= w - 1 + 1e-4 and 0 <= y <= y + bh <= h - 1 + 1e-4
+    assert [p["score"] for p in people] == sorted((p["score"] for p in people), reverse=True)  # best first
     # the same image twice gives the same people
     again = bupose.Predictor(official_cfg, official_model)(image)
     np.testing.assert_array_equal(np.stack([p["keypoints"] for p in again]), np.stack([p["keypoints"] for p in people]))

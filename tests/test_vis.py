@@ -82,3 +82,50 @@ def test_make_grid():
         make_grid([])
     with pytest.raises(ValueError):
         make_grid(ims, labels=["x"])
+
+
+def _predicted(spec, n=2, seed=0):
+    """Predictor-style people: ``[{"keypoints": (K, 3), "score", "bbox"}]`` inside a 120 x 160 image."""
+    rng = np.random.default_rng(seed)
+    people = []
+    for i in range(n):
+        kp = np.zeros((spec.num_keypoints, 3))
+        kp[:, 0] = rng.uniform(20 + 70 * i, 70 + 70 * i, spec.num_keypoints)
+        kp[:, 1] = rng.uniform(30, 100, spec.num_keypoints)
+        kp[:, 2] = 0.9
+        lo, hi = kp[:, :2].min(0), kp[:, :2].max(0)
+        people.append({"keypoints": kp, "score": 0.8 - 0.3 * i, "bbox": [*lo, *(hi - lo)]})
+    return people
+
+
+def test_draw_poses_accepts_predictor_output_people_and_arrays():
+    from bupose.inference.people import People
+    from bupose.vis import draw_poses
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    people = _predicted(CROWDPOSE14)
+    a = draw_poses(img, people, CROWDPOSE14)
+    kps = np.stack([p["keypoints"] for p in people])
+    b = draw_poses(img, People(kps, np.array([p["score"] for p in people])), CROWDPOSE14)
+    c = draw_poses(img, kps, CROWDPOSE14)
+    assert (img == 0).all() and a.shape == img.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(a, c), "skeletons only: the same drawing from every form"
+    assert np.array_equal(a, draw_people(img, kps, CROWDPOSE14, score_threshold=0.3))
+    assert np.array_equal(draw_poses(img, [], CROWDPOSE14, show_box=True, show_score=True), img)
+    with pytest.raises(ValueError, match=r"expected \(N, 14, 3\) keypoints"):
+        draw_poses(img, np.zeros((1, 17, 3)), CROWDPOSE14)
+
+
+def test_draw_poses_boxes_scores_and_keypoint_threshold():
+    from bupose.vis import draw_poses
+
+    img = np.zeros((120, 160, 3), np.uint8)
+    person = {"keypoints": np.tile([[40.0, 60.0, 0.2]], (14, 1)), "score": 0.77, "bbox": [10.0, 20.0, 100.0, 80.0]}
+    low = draw_poses(img, [person], CROWDPOSE14, keypoint_threshold=0.3)
+    assert (low == 0).all(), "joints at 0.2 are below the threshold: nothing drawn"
+    assert (draw_poses(img, [person], CROWDPOSE14, keypoint_threshold=0.1)[60, 40] != 0).any()
+    boxed = draw_poses(img, [person], CROWDPOSE14, show_box=True)
+    assert tuple(boxed[60, 10]) == (0, 255, 0) and tuple(boxed[20, 60]) == (0, 255, 0)  # left and top edges
+    assert (boxed[60, 60] == 0).all(), "the box is an outline"
+    scored = draw_poses(img, [person], CROWDPOSE14, show_score=True)
+    assert (scored[:20, 10:40] != 0).any() and (scored[30:, :] == 0).all(), "the score label sits above the box"

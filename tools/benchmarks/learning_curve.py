@@ -4,7 +4,9 @@
 
 Validation uses the config's test settings on the first ``--val-images`` images of the test split (default 100,
 single scale without flip unless overridden) to keep it cheap; the run goes to ``--output-dir`` (default
-``output/learning_curve/<config name>``) and its ``metrics.csv`` holds the figures printed.
+``output/learning_curve/<config name>``) and its ``metrics.csv`` holds the figures printed. ``--plot curves.png``
+draws its loss and AP per epoch, with those of earlier runs given by ``--compare RUN_DIR_OR_CSV ...`` in the same
+figure (matplotlib: ``pip install -e ".[plot]"``; ``python tools/plot.py`` draws existing runs without training).
 """
 import argparse
 import csv
@@ -23,11 +25,22 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", required=True)
     parser.add_argument("--val-images", type=int, default=100)
     parser.add_argument("--output-dir")
+    parser.add_argument("--plot", metavar="PNG", help="draw loss and AP per epoch of this run (and --compare's)")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                        help="with --plot: other runs (folders or metrics.csv) drawn in the same figure")
     add_override_arguments(parser)  # KEY VALUE overrides, before or after the options
     args = parse_tool_args(parser, argv)
     opts = ["TRAIN.VAL_FREQ", "1", "DATASET.MAX_TEST_IMAGES", str(args.val_images), "TEST.SCALE_FACTOR", "[1.0]",
             "TEST.FLIP_TEST", "False", "TRAIN.AUTO_RESUME", "False"] + args.opts
+    if args.compare and not args.plot:
+        parser.error("--compare needs --plot PNG")
     cfg = load_config(args.cfg, opts)
+    if args.plot:
+        from bupose.plots import metrics_file, pyplot
+
+        pyplot()  # before training: a missing matplotlib is an error now, not after the run
+        for run in args.compare:
+            metrics_file(run)
     out = Path(args.output_dir or Path("output/learning_curve") / Path(args.cfg).stem)
     t0 = time.perf_counter()
     Trainer(cfg, out, resume=False).train()
@@ -39,6 +52,10 @@ def main(argv=None) -> int:
     print("epoch " + " ".join(f"{k:>9}" for k in keys))
     for r in rows:
         print(f"{r['epoch']:>5} " + " ".join(f"{float(r[k]):9.4f}" if r.get(k) else f"{'':>9}" for k in keys))
+    if args.plot:
+        from bupose.plots import plot_runs
+
+        print(f"curves: {plot_runs([out] + args.compare, args.plot)}")
     return 0
 
 

@@ -114,8 +114,9 @@ def warp(features: torch.Tensor, displacement: torch.Tensor, align_corners: bool
     points for ``align_corners=True`` but calls ``grid_sample`` with the new default, ``False``): it samples at
     ``(x W / (W - 1) - 1/2, y H / (H - 1) - 1/2)`` instead, clamped the same way."""
     b, _, h, w = displacement.shape
-    xs = torch.arange(w, dtype=displacement.dtype, device=displacement.device).view(1, 1, w)
-    ys = torch.arange(h, dtype=displacement.dtype, device=displacement.device).view(1, h, 1)
+    # integer ranges cast to the dtype (the same values): ONNX has no float16 Range, so a half export needs this
+    xs = torch.arange(w, device=displacement.device).to(displacement.dtype).view(1, 1, w)
+    ys = torch.arange(h, device=displacement.device).to(displacement.dtype).view(1, h, 1)
     gx = (xs + displacement[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
     gy = (ys + displacement[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)
