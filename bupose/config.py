@@ -16,18 +16,20 @@ naming key, expected type and value. Each :class:`Option` also carries its check
 ``lt``, ``choices``, ``pattern``, ``nonempty``, ``length``); :func:`check_value` applies them to every value read,
 and :func:`check_config` to a whole config (also one changed in code) together with :data:`RELATIONS`.
 
-``python -m bupose.config [--cfg FILE] [KEY VALUE ...]`` prints every key with its type, allowed values, value and
-doc; a bad config prints ``error: ...`` and exits with status 2.
+``python -m bupose.config [--cfg FILE] [--width N] [KEY VALUE ...]`` prints every key with its type, allowed values,
+value and doc (a table wrapped at 120 columns); a bad config prints ``error: ...`` and exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import difflib
+import itertools
 import math
 import os
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -606,13 +608,24 @@ def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     return path
 
 
-def describe(cfg: Config | None = None) -> str:
-    """Every key with type, checks, value (the default unless ``cfg`` says otherwise) and doc."""
+def describe(cfg: Config | None = None, width: int = 120) -> str:
+    """Every key with type, checks, value (the default unless ``cfg`` says otherwise) and doc, as a table within
+    ``width`` columns: ALLOWED, VALUE and DOC are wrapped in their columns, and a key too long for its column gets a
+    line of its own above its row."""
     cfg = cfg or default_config()
     rows = [(o.key, o.type, o.expectation() or "-", repr(cfg.get_key(o.key)), o.doc) for o in SCHEMA]
     header = ("KEY", "TYPE", "ALLOWED", "VALUE", "DOC")
-    w = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
-    return "\n".join(f"{k:<{w[0]}}  {t:<{w[1]}}  {c:<{w[2]}}  {v:<{w[3]}}  {d}" for k, t, c, v, d in [header] + rows)
+    w = [min(max(len(r[i]) for r in rows + [header]), cap) for i, cap in enumerate((24, 12, 24, 20))]
+    w.append(max(width - sum(w) - 2 * len(w), 16))
+    lines = []
+    for row in [header] + rows:
+        if len(row[0]) > w[0]:
+            lines.append(row[0])
+            row = ("",) + row[1:]
+        cells = [textwrap.wrap(text, n, break_on_hyphens=False) or [""] for text, n in zip(row, w)]
+        for parts in itertools.zip_longest(*cells, fillvalue=""):
+            lines.append("  ".join(f"{p:<{n}}" for p, n in zip(parts, w)).rstrip())
+    return "\n".join(lines)
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
@@ -639,10 +652,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="print every config key with its type, allowed values, value "
                                                  "and doc")
     parser.add_argument("--cfg", help="experiment file")
+    parser.add_argument("--width", type=int, default=120, help="wrap the table at this many columns (default 120)")
     add_override_arguments(parser)
     args = parse_tool_args(parser, argv)
     try:
-        text = describe(load_config(args.cfg, args.opts))
+        text = describe(load_config(args.cfg, args.opts), args.width)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 The references run the official-protocol tools exactly as a user of them would (pycocotools ``COCOeval``; for
 CrowdPose, pycocotools with the CrowdPose settings, which reproduces crowdposetools as
-``shared/fixtures/eval/README.md`` documents), so bupose's own evaluator can be compared with them.
+``tests/fixtures/eval/README.md`` documents), so bupose's own evaluator can be compared with them.
 """
 from __future__ import annotations
 

@@ -6,14 +6,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BUPOSE_SHARED", REPO.parent / "shared"))
+FIXTURES = REPO / "tests" / "fixtures"
+
+
+def needs_shared(relative: str) -> Path:
+    """``shared/<relative>`` (third-party sample images, official annotations: not shipped with the repository), or
+    skip the test, naming what it needs. ``shared/`` is ``$BUPOSE_SHARED`` or ``<repo>/../shared``."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs shared/{relative} (third-party data, not in the repository) at {path}: "
+                    "set BUPOSE_SHARED to a shared/ folder that has it")
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The read-only ``shared/`` folder beside the checkout (sample images, official annotations, eval fixtures)."""
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data folder not found at {SHARED}; set BUPOSE_SHARED")
-    return SHARED
+    """The read-only ``shared/`` folder beside the checkout (third-party sample images, official annotations); a test
+    that asks for it is skipped when it is missing (a plain clone). Small files the tests need live in
+    ``tests/fixtures`` instead."""
+    return needs_shared("")
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ import bupose.engine.evaluate as evaluate_module
 from bupose.data.build import build_dataset, dataset_files, dataset_spec, prepare_dataset
 from bupose.data.catalogue import DATASETS, dataset_entry
 from bupose.data.keypoints import COCO17, CROWDPOSE14
-from bupose.data.synthetic import PRESETS, preset_folder
+from bupose.data.synthetic import PRESETS, generate_split, preset_folder
 from bupose.errors import ConfigError, DataError
 from bupose.evaluation import PROTOCOLS
+
+from conftest import needs_shared
 
 #: name -> (keypoint spec, evaluation protocol, generated (folder, preset) or None); written out by hand.
 EXPECTED = {
@@ -121,13 +123,22 @@ def test_unknown_split(tmp_path):
         dataset_files("ochuman", tmp_path, "train")
 
 
-def test_build_dataset(tmp_path, shared_dir):
-    src = shared_dir / "data/samples/crowdpose"
+@pytest.mark.parametrize("source", ["synthetic", "crowdpose_samples"])
+def test_build_dataset(tmp_path, source):
+    """Two images in the CrowdPose layout -- synthetic, or the real CrowdPose samples of shared/ -- read through the
+    catalogue."""
+    if source == "synthetic":
+        src = tmp_path / "generated"
+        generate_split(src, "val", 2, workers=1)
+        src_ann, src_images = src / "annotations" / "crowdpose_val.json", src / "images" / "val"
+    else:
+        src_images = needs_shared("data/samples/crowdpose")
+        src_ann = src_images / "test_crowdpose.json"
     ann, images = dataset_files("crowdpose", tmp_path, "val", check=False)
     ann.parent.mkdir(parents=True)
-    ann.write_bytes((src / "test_crowdpose.json").read_bytes())
+    ann.write_bytes(src_ann.read_bytes())
     images.mkdir(parents=True)
-    for f in src.glob("*.jpg"):
+    for f in src_images.glob("*.jpg"):
         (images / f.name).write_bytes(f.read_bytes())
     ds = build_dataset("crowdpose", tmp_path, "val", min_people=1)
     assert ds.spec is CROWDPOSE14 and len(ds) == 2 and ds[0].keypoints.shape[1] == 14

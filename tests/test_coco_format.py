@@ -15,12 +15,14 @@ from bupose.data.keypoints import COCO17, CROWDPOSE14
 from bupose.data.sample import Sample
 from bupose.errors import DataError
 
+from conftest import needs_shared
+
 LOGGER = "bupose.data"
 
 
-# --- real samples ----------------------------------------------------------------------------------------------
-def test_coco_samples(shared_dir):
-    root = shared_dir / "data/samples/coco"
+# --- real samples (third-party images, not in the repository: skipped without shared/) ----------------------------
+def test_coco_samples():
+    root = needs_shared("data/samples/coco")
     raw = json.loads((root / "test_coco.json").read_text())
     ds = CocoKeypointDataset(root / "test_coco.json", root, "coco")
     assert len(ds) == 4
@@ -59,8 +61,8 @@ def test_coco_samples(shared_dir):
         assert len(ds.get_annotations(idx).ignored) == 1
 
 
-def test_crowdpose_samples(shared_dir):
-    root = shared_dir / "data/samples/crowdpose"
+def test_crowdpose_samples():
+    root = needs_shared("data/samples/crowdpose")
     ds = CocoKeypointDataset(root / "test_crowdpose.json", root, CROWDPOSE14)
     assert sorted(ds[i].crowd_index for i in range(len(ds))) == [0.33, 0.39]
     assert sum(ds[i].num_people for i in range(len(ds))) == 4  # 5 annotations, one with num_keypoints == 0
@@ -75,8 +77,8 @@ def test_crowdpose_samples(shared_dir):
     assert sum(int(ds[i].ignore_mask.any()) for i in range(len(ds))) == 1
 
 
-def test_ochuman_samples(shared_dir):
-    root = shared_dir / "data/samples/ochuman"
+def test_ochuman_samples():
+    root = needs_shared("data/samples/ochuman")
     ds = CocoKeypointDataset(root / "test_ochuman.json", root, "ochuman")
     assert len(ds) == 3
     samples = [ds[i] for i in range(len(ds))]
@@ -88,9 +90,10 @@ def test_ochuman_samples(shared_dir):
         assert not s.ignore_mask.any()
 
 
-def test_crowdpose_val_at_scale(shared_dir):
+def test_crowdpose_val_at_scale():
+    val_file = needs_shared("data/crowdpose_val.json")  # the official CrowdPose val annotations (2.7 MB)
     t0 = time.perf_counter()
-    ds = CocoKeypointDataset(shared_dir / "data/crowdpose_val.json", "/nonexistent/images", "crowdpose")
+    ds = CocoKeypointDataset(val_file, "/nonexistent/images", "crowdpose")
     elapsed = time.perf_counter() - t0
     assert elapsed < 10, f"parsing 8,527 annotations took {elapsed:.1f} s"
     assert len(ds) == 2000 and len(ds.coco.anns) == 8527
@@ -109,7 +112,7 @@ def test_crowdpose_val_at_scale(shared_dir):
     rec = recs[i]
     assert m.shape == (rec.height, rec.width) and m.any()
     # all val images have people: the training filter keeps them all
-    assert len(CocoKeypointDataset(shared_dir / "data/crowdpose_val.json", "/x", "crowdpose", min_people=1)) == 2000
+    assert len(CocoKeypointDataset(val_file, "/x", "crowdpose", min_people=1)) == 2000
 
 
 # --- synthetic files in tmp_path -------------------------------------------------------------------------------
@@ -386,8 +389,21 @@ def test_all_images_bad_with_skip(tmp_path):
         _dataset(path, on_error="skip")[0]
 
 
-def test_truncated_jpeg_detected(shared_dir):
-    data = (shared_dir / "data/samples/coco/000000000785.jpg").read_bytes()
+def _jpeg_bytes(source: str) -> bytes:
+    """A camera JPEG (a COCO sample, from shared/), or one encoded here: baseline, or progressive with restart
+    markers (segments and marker kinds the walk must step over)."""
+    if source == "coco_sample":
+        return needs_shared("data/samples/coco/000000000785.jpg").read_bytes()
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_RST_INTERVAL, 4] if source == "progressive" else []
+    ok, data = cv2.imencode(".jpg", image, params)
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("source", ["baseline", "progressive", "coco_sample"])
+def test_truncated_jpeg_detected(source):
+    data = _jpeg_bytes(source)
     assert image_file_problem(data) is None
     assert image_file_problem(data + b"\0" * 16) is None  # bytes after the end marker are allowed
     for cut in (len(data) - 2, len(data) - 100, len(data) // 2, 700, 20):

@@ -95,6 +95,27 @@ def test_cli_prints_every_key():
     assert "0.5" in next(line for line in out.splitlines() if line.startswith("TRAIN.LR "))
 
 
+def test_cli_table_stays_within_120_columns_and_folds_long_values():
+    """RTMPose's MODEL.SPEC (about 300 characters) and the long docs are wrapped in their columns, not cut."""
+    from pathlib import Path
+
+    cfg_file = Path(__file__).resolve().parents[1] / "experiments/coco/topdown_rtmpose_m_256x192.yaml"
+    proc = subprocess.run([sys.executable, "-W", "error", "-m", "bupose.config", "--cfg", str(cfg_file)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""  # no RuntimeWarning from running a package module
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120
+    value, doc = lines[0].index("VALUE"), lines[0].index("DOC")
+    start = next(i for i, line in enumerate(lines) if line.startswith("MODEL.SPEC "))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i][:1].strip())  # the next key
+    folded = "".join(line[value:doc] for line in lines[start:end])
+    spec = load_config(str(cfg_file)).MODEL.SPEC
+    assert len(repr(spec)) > 200 and end - start > 5
+    assert folded.replace(" ", "") == repr(spec).replace(" ", "")
+    for opt in SCHEMA:  # every key starts a line: its row, or a line of its own when it is too long for the column
+        assert any(line == opt.key or line.startswith(opt.key + " ") for line in lines), opt.key
+
+
 def test_every_experiment_file_loads_and_the_synthetic_models_run():
     import torch
     from pathlib import Path

@@ -19,6 +19,8 @@ from bupose.methods.dekr.model import build_dekr
 
 from pathlib import Path
 
+from conftest import needs_shared
+
 FIX = Path(__file__).parent / "fixtures"
 CASES = [("single", [1.0], False), ("flip", [1.0], True), ("multi_flip", [0.5, 1.0, 2.0], True)]
 
@@ -30,17 +32,23 @@ def official():
     return tiny, ref
 
 
-def _images(ref, shared_dir):
-    return [cv2.imread(str(shared_dir / "data/samples/crowdpose/103319.jpg")),
-            cv2.imdecode(np.frombuffer(ref["synthetic_png"], np.uint8), cv2.IMREAD_COLOR)]
+#: the fixture's images: 0 is a CrowdPose sample (third-party, read from shared/), 1 a synthetic image in the fixture
+IMAGES = [0, 1]
 
 
+def _image(ref, i: int) -> np.ndarray:
+    if i == 0:
+        return cv2.imread(str(needs_shared("data/samples/crowdpose/103319.jpg")))
+    return cv2.imdecode(np.frombuffer(ref["synthetic_png"], np.uint8), cv2.IMREAD_COLOR)
+
+
+@pytest.mark.parametrize("i", IMAGES)
 @pytest.mark.parametrize("impl, cases", [
     ("grid_sample", CASES),
     # torchvision's deform_conv2d is slow on CPU: the multi-scale case (inputs up to 1024 x 2304) runs with grid_sample
     pytest.param("deform_conv2d", CASES[:2], marks=pytest.mark.slow),
 ])
-def test_same_people_as_the_official_valid_path(official, shared_dir, impl, cases):
+def test_same_people_as_the_official_valid_path(official, impl, cases, i):
     tiny, ref = official
     model = build_dekr(tiny["spec"], 14, adaptive_impl=impl).eval()
     load_official(model, tiny["state_dict"])
@@ -48,32 +56,33 @@ def test_same_people_as_the_official_valid_path(official, shared_dir, impl, case
     decoder = DEKRDecoder(CROWDPOSE14.flip_index, input_size=s["input_size"], nms_dist=s["nms_dist"],
                           nms_num=s["nms_num"], decrease=s["decrease"], max_people=s["max_people"],
                           keypoint_threshold=s["keypoint_threshold"])
-    for i, image in enumerate(_images(ref, shared_dir)):
-        for name, scales, flip in cases:
-            people = TestTimeAugmentation(scales, flip)(model, decoder, image)
-            kp, sc = ref["cases"][f"{i}_{name}"]
-            assert len(people) == len(kp), (i, name)
-            np.testing.assert_allclose(people.keypoints, kp.numpy(), atol=2e-4, rtol=0, err_msg=f"{i} {name}")
-            np.testing.assert_allclose(people.scores, sc.numpy(), atol=1e-5, rtol=0)
+    image = _image(ref, i)
+    for name, scales, flip in cases:
+        people = TestTimeAugmentation(scales, flip)(model, decoder, image)
+        kp, sc = ref["cases"][f"{i}_{name}"]
+        assert len(people) == len(kp), (i, name)
+        np.testing.assert_allclose(people.keypoints, kp.numpy(), atol=2e-4, rtol=0, err_msg=f"{i} {name}")
+        np.testing.assert_allclose(people.scores, sc.numpy(), atol=1e-5, rtol=0)
 
 
-def test_scales_other_than_halves_and_doubles_are_merged_at_the_scale_one_size(official, shared_dir):
+@pytest.mark.parametrize("i", IMAGES)
+def test_scales_other_than_halves_and_doubles_are_merged_at_the_scale_one_size(official, i):
     # 0.8 and 1.25 give output maps whose official up-sampled size is a pixel off the scale-1 size
     tiny, ref = official
     model = build_dekr(tiny["spec"], 14).eval()
     load_official(model, tiny["state_dict"])
     decoder = DEKRDecoder(CROWDPOSE14.flip_index, input_size=256)
-    for image in _images(ref, shared_dir):
-        state = decoder.begin(image, [1.25, 1.0, 0.8])
-        with torch.no_grad():
-            for scale in (1.25, 1.0, 0.8):
-                view = decoder.prepare(image, scale)
-                decoder.add_scale(state, model(view.tensor), model(decoder.flip_input(view.tensor)), view, scale)
-                assert state["heatmap_sum"].shape[2:] == state["base_size"][::-1]
-        people = decoder.finish(state)
-        assert len(people) > 0 and np.isfinite(people.keypoints).all()
-        same = TestTimeAugmentation([1.25, 1.0, 0.8], True)(model, decoder, image)
-        np.testing.assert_array_equal(same.keypoints, people.keypoints)
+    image = _image(ref, i)
+    state = decoder.begin(image, [1.25, 1.0, 0.8])
+    with torch.no_grad():
+        for scale in (1.25, 1.0, 0.8):
+            view = decoder.prepare(image, scale)
+            decoder.add_scale(state, model(view.tensor), model(decoder.flip_input(view.tensor)), view, scale)
+            assert state["heatmap_sum"].shape[2:] == state["base_size"][::-1]
+    people = decoder.finish(state)
+    assert len(people) > 0 and np.isfinite(people.keypoints).all()
+    same = TestTimeAugmentation([1.25, 1.0, 0.8], True)(model, decoder, image)
+    np.testing.assert_array_equal(same.keypoints, people.keypoints)
 
 
 def test_resize_sizes_follow_the_official_rule():

@@ -14,20 +14,21 @@ from bupose.evaluation import (COCO_METRICS, CROWDPOSE_METRICS, KeypointEvaluato
                                object_keypoint_similarity, people_to_results, save_results)
 from bupose.testing import make_eval_case, reference_coco, reference_crowdpose
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from conftest import FIXTURES, REPO
+
+FX = FIXTURES / "eval"  # ground truth, detections and the official evaluators' statistics (see its README.md)
 
 
-def _expected(shared_dir, name):
-    stats = json.loads((shared_dir / "fixtures/eval" / f"{name}_expected.json").read_text())["stats"]
+def _expected(name):
+    stats = json.loads((FX / f"{name}_expected.json").read_text())["stats"]
     return stats[:3] + stats[5:] if name == "crowdpose" else stats
 
 
 @pytest.mark.parametrize("name", ["coco", "crowdpose"])
-def test_fixture_equals_official_tool(shared_dir, name):
-    fx = shared_dir / "fixtures/eval"
-    metrics = evaluate_keypoints(fx / f"{name}_gt.json", fx / f"{name}_dt.json", name)
+def test_fixture_equals_official_tool(name):
+    metrics = evaluate_keypoints(FX / f"{name}_gt.json", FX / f"{name}_dt.json", name)
     assert list(metrics) == list(COCO_METRICS if name == "coco" else CROWDPOSE_METRICS)
-    np.testing.assert_allclose(list(metrics.values()), _expected(shared_dir, name), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(list(metrics.values()), _expected(name), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -100,8 +101,8 @@ def test_detections_on_crowd_region_are_not_false_positives():
     assert evaluate_keypoints(gt, [good] + far, "crowdpose")["AP"] < 0.6
 
 
-def test_bad_inputs_are_named(tmp_path, shared_dir):
-    gt_file = shared_dir / "fixtures/eval/crowdpose_gt.json"
+def test_bad_inputs_are_named(tmp_path):
+    gt_file = FX / "crowdpose_gt.json"
     ev = KeypointEvaluator(gt_file, "crowdpose")
     with pytest.raises(DataError, match="not in the ground truth.*123456789"):
         ev.evaluate([{"image_id": 123456789, "category_id": 1, "keypoints": [0] * 42, "score": 1}])
@@ -118,7 +119,7 @@ def test_bad_inputs_are_named(tmp_path, shared_dir):
         ev.evaluate(tmp_path / "bad.json")
     # a COCO-17 file evaluated with the CrowdPose layout names the annotation and the expected length
     with pytest.raises(DataError, match="annotation id .* 'keypoints' has 51 values, expected 42"):
-        KeypointEvaluator(shared_dir / "fixtures/eval/coco_gt.json", "crowdpose")
+        KeypointEvaluator(FX / "coco_gt.json", "crowdpose")
     gt = json.loads(gt_file.read_text())
     del gt["images"][0]["crowdIndex"]
     with pytest.raises(DataError, match="has no 'crowdIndex'"):
@@ -137,17 +138,16 @@ def test_results_round_trip(tmp_path):
     assert evaluate_keypoints(gt, tmp_path / "res" / "results.json")["AP"] == pytest.approx(1.0)
 
 
-def test_eval_json_cli(tmp_path, shared_dir):
-    fx = shared_dir / "fixtures/eval"
+def test_eval_json_cli(tmp_path):
     out = tmp_path / "m.json"
-    proc = subprocess.run([sys.executable, str(REPO / "tools/eval_json.py"), "--gt", str(fx / "crowdpose_gt.json"),
-                           "--dt", str(fx / "crowdpose_dt.json"), "--dataset", "crowdpose", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / "tools/eval_json.py"), "--gt", str(FX / "crowdpose_gt.json"),
+                           "--dt", str(FX / "crowdpose_dt.json"), "--dataset", "crowdpose", "--out", str(out)],
                           capture_output=True, text=True, check=True)
     assert "AP_hard" in proc.stdout
     metrics = json.loads(out.read_text())
     assert list(metrics) == list(CROWDPOSE_METRICS)
-    np.testing.assert_allclose(list(metrics.values()), _expected(shared_dir, "crowdpose"), atol=1e-12)
-    bad = subprocess.run([sys.executable, str(REPO / "tools/eval_json.py"), "--gt", str(fx / "crowdpose_gt.json"),
+    np.testing.assert_allclose(list(metrics.values()), _expected("crowdpose"), atol=1e-12)
+    bad = subprocess.run([sys.executable, str(REPO / "tools/eval_json.py"), "--gt", str(FX / "crowdpose_gt.json"),
                           "--dt", str(tmp_path / "missing.json"), "--dataset", "crowdpose"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.json" in bad.stderr

@@ -1,7 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 
 from bupose.data.keypoints import COCO17, CROWDPOSE14, KeypointSpec, coco17_to_crowdpose14, get_spec
+
+from conftest import FIXTURES
 
 
 @pytest.mark.parametrize("spec", [COCO17, CROWDPOSE14])
@@ -15,13 +19,12 @@ def test_flip_index_is_an_involution_that_swaps_sides(spec):
             assert i == j
 
 
-def test_metadata_matches_the_official_evaluators(shared_dir):
+def test_metadata_matches_the_official_evaluators():
     # the CrowdPose sigmas and flip index as documented from crowdposetools
     assert CROWDPOSE14.flip_index == (1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13)
     np.testing.assert_allclose(CROWDPOSE14.sigmas,
                                np.array([.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79]) / 10)
-    import json
-    cat = json.loads((shared_dir / "data/samples/coco/test_coco.json").read_text())["categories"][0]
+    cat = json.loads((FIXTURES / "coco_person_category.json").read_text())["categories"][0]
     assert tuple(cat["keypoints"]) == COCO17.names
     assert {tuple(sorted((a - 1, b - 1))) for a, b in cat["skeleton"]} == {tuple(sorted(e)) for e in COCO17.skeleton}
     assert get_spec("ochuman") is COCO17 and get_spec("CrowdPose") is CROWDPOSE14

@@ -368,6 +368,20 @@ def test_ensure_synthetic_skips_when_up_to_date_and_regenerates_on_mismatch(tmp_
     assert len(calls) == 4
 
 
+def test_generating_on_first_use_shows_a_progress_bar_per_split(tmp_path, capsys):
+    from bupose.config import load_config
+    from bupose.data.build import prepare_dataset
+
+    cfg = load_config(None, ["DATASET.DATASET", "synthetic_simple_crowdpose", "DATASET.ROOT", str(tmp_path),
+                             "DATASET.SYNTHETIC_TRAIN_IMAGES", "3", "DATASET.SYNTHETIC_VAL_IMAGES", "2"])
+    assert len(prepare_dataset(cfg, "val")) == 2
+    err = capsys.readouterr().err
+    assert "generating synthetic_simple train: 100%" in err and "3/3" in err
+    assert "generating synthetic_simple val: 100%" in err and "2/2" in err
+    prepare_dataset(cfg, "train")  # up to date: nothing generated, nothing shown
+    assert capsys.readouterr().err == ""
+
+
 def test_cli_writes_dataset_and_preview(tmp_path):
     import importlib.util
 

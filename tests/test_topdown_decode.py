@@ -25,6 +25,8 @@ from bupose.methods.topdown import crops
 from bupose.methods.topdown.boxes import PersonBoxes
 from bupose.methods.topdown.decode import TopDownDecoder, build_decoder, heatmap_maxima, to_scale_one_frame
 
+from conftest import needs_shared
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -46,9 +48,10 @@ RUNS = {r["name"]: r for r in OFFICIAL["runs"]}
 
 
 @pytest.fixture(scope="module")
-def coco_root(shared_dir, tmp_path_factory) -> Path:
-    """A DATASET.ROOT with the COCO sample images and annotations linked in as ``coco/`` val2017."""
-    samples = shared_dir / "data" / "samples" / "coco"
+def coco_root(tmp_path_factory) -> Path:
+    """A DATASET.ROOT with the COCO sample images and annotations (third-party, from shared/) linked in as ``coco/``
+    val2017."""
+    samples = needs_shared("data/samples/coco")
     root = tmp_path_factory.mktemp("topdown_coco")
     (root / "coco" / "annotations").mkdir(parents=True)
     (root / "coco" / "images" / "val2017").mkdir(parents=True)
@@ -95,9 +98,9 @@ def match_people(official: dict, results: list[dict]):
 
 
 @pytest.mark.parametrize("run_name", list(RUNS))
-def test_official_parity(run_name, coco_root, shared_dir, tmp_path):
+def test_official_parity(run_name, coco_root, tmp_path):
     run = RUNS[run_name]
-    box_file = shared_dir / "data" / "samples" / "coco" / "test_coco_det_AP_H_56.json"
+    box_file = needs_shared("data/samples/coco/test_coco_det_AP_H_56.json")
     (tmp_path / "cfg.yaml").write_text(topdown_yaml(coco_root, run["model"], run["test"], box_file))
     cfg = bupose.load_config(tmp_path / "cfg.yaml")
     results, reader = predict_split(cfg, official_model(run["model"], cfg), "val", progress=False)
@@ -283,9 +286,10 @@ def test_begin_without_boxes_is_an_error():
         decoder().begin(np.zeros((50, 50, 3), np.uint8), [1.0], boxes=np.zeros((2, 3)))
 
 
-def test_predictor_boxes(coco_root, shared_dir, tmp_path, tiny_cfg):
-    box_file = shared_dir / "data" / "samples" / "coco" / "test_coco_det_AP_H_56.json"
-    (tmp_path / "cfg.yaml").write_text(topdown_yaml(coco_root, "pose_hrnet", {"FLIP_TEST": False}, box_file))
+def test_predictor_boxes(tmp_path, tiny_cfg):
+    # no dataset and no box file are read: a Predictor takes its boxes from the call (or a detector)
+    box_file = tmp_path / "never_read_boxes.json"
+    (tmp_path / "cfg.yaml").write_text(topdown_yaml(tmp_path, "pose_hrnet", {"FLIP_TEST": False}, box_file))
     cfg = bupose.load_config(tmp_path / "cfg.yaml")
     predictor = bupose.Predictor(cfg, official_model("pose_hrnet", cfg))
     image = np.full((120, 160, 3), 128, np.uint8)

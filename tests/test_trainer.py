@@ -4,6 +4,7 @@ Resuming, atomic checkpoints, non-finite losses, MODEL.PRETRAINED, the global ba
 with two gloo processes against one process, and (slow) overfitting a few images to a high AP.
 """
 import csv
+import logging
 import math
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -179,6 +181,74 @@ def test_resume_errors(straight_run, tiny_cfg, tmp_path):
     wide = tiny_cfg("MODEL.SPEC", "{STAGES: {NUM_CHANNELS: [[6, 8], [6, 8, 16], [6, 8, 16, 32]]}}")
     with pytest.raises(CheckpointError, match=r"cannot resume.*HRNet-W4 in the checkpoint, the model is HRNet-W6"):
         Trainer(wide, tmp_path / "y", resume=str(straight_run / "checkpoint.pth"), progress=False)
+
+
+# -- the log: the run's ETA, TensorBoard ----------------------------------------------------------------------------
+def _timed_epochs(monkeypatch, trainer: Trainer, seconds: dict[int, float]) -> None:
+    """``trainer``'s epochs take ``seconds[epoch]`` on a fake clock (and train nothing); an epoch not in ``seconds``
+    is the process being killed."""
+    import bupose.engine.trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def train_epoch(epoch):
+        if epoch not in seconds:
+            raise Killed
+        clock[0] += seconds[epoch]
+        return {"epoch": epoch + 1, "lr": 0.01, "loss": 1.0, "time_s": seconds[epoch]}
+
+    monkeypatch.setattr(trainer, "train_epoch", train_epoch)
+
+
+def _epoch_lines(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if re.match(r"epoch \d+/\d+: ", r.getMessage())]
+    caplog.clear()
+    return lines
+
+
+def test_each_epoch_line_gives_the_runs_eta_from_the_epochs_timed_in_this_process(tiny_cfg, tmp_path, monkeypatch,
+                                                                                   caplog):
+    caplog.set_level(logging.INFO, logger="bupose")
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_cfg("TRAIN.END_EPOCH", 4), out, progress=False)
+    _timed_epochs(monkeypatch, trainer, {0: 60, 1: 180})  # killed in the third epoch
+    with pytest.raises(Killed):
+        trainer.train()
+    lines = _epoch_lines(caplog)
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch 1/4: lr=0.01, loss=1, time_s=60")
+    assert lines[0].endswith("; ETA 0:03:00 for 3 more epochs")  # 60 s x 3
+    assert lines[1].endswith("; ETA 0:04:00 for 2 more epochs")  # mean 120 s x 2
+
+    resumed = Trainer(tiny_cfg("TRAIN.END_EPOCH", 4), out, progress=False)
+    assert resumed.start_epoch == 2
+    _timed_epochs(monkeypatch, resumed, {2: 30, 3: 30})
+    resumed.train()
+    lines = _epoch_lines(caplog)
+    assert lines[0].startswith("epoch 3/4: ")
+    assert lines[0].endswith("; ETA 0:00:30 for 1 more epoch")  # this process's 30 s, not the first run's epochs
+    assert lines[1].startswith("epoch 4/4: ") and "ETA" not in lines[1]
+
+
+def test_training_without_tensorboard_says_so_once(tiny_cfg, tmp_path, monkeypatch, caplog):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith(("tensorboard", "torch.utils.tensorboard")):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    caplog.set_level(logging.INFO, logger="bupose")
+    trainer = Trainer(tiny_cfg("TRAIN.END_EPOCH", 3), tmp_path / "run", progress=False)
+    _timed_epochs(monkeypatch, trainer, {0: 1, 1: 1, 2: 1})
+    trainer.train()
+    said = [r.getMessage() for r in caplog.records if "tensorboard" in r.getMessage().lower()]
+    assert len(said) == 1 and "pip install tensorboard" in said[0]
+    assert not (tmp_path / "run" / "tensorboard").exists() and _epochs(tmp_path / "run") == [1, 2, 3]
 
 
 # -- atomic checkpoints ---------------------------------------------------------------------------------------------

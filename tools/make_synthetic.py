@@ -17,7 +17,8 @@ import json
 import sys
 import time
 
-from bupose.data.synthetic import PRESETS, generate_dataset, is_up_to_date, preset_folder, write_preview
+from bupose.data.synthetic import (PRESETS, generate_dataset, is_up_to_date, preset_folder, progress_bars,
+                                   write_preview)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,20 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force and is_up_to_date(args.root, args.num_train, args.num_val, args.seed, args.preset):
         print(f"{args.root}: up to date (see {args.root}/manifest.json)")
     else:
-        progress = None
-        if not args.quiet:
-            try:
-                from tqdm import tqdm
-                bars: dict = {}
-
-                def progress(split, done, total):
-                    if split not in bars:
-                        bars[split] = tqdm(total=total, desc=split, unit="img")
-                    bars[split].update(done - bars[split].n)
-                    if done == total:
-                        bars[split].close()
-            except ImportError:  # pragma: no cover
-                progress = None
+        progress = None if args.quiet else progress_bars(preset_folder(args.preset))
         t0 = time.perf_counter()
         man = generate_dataset(args.root, args.num_train, args.num_val, args.seed, args.workers, progress,
                                args.preset)

@@ -2,7 +2,7 @@
 
     python tools/quickstart.py [--out output/quickstart] [--noise 0.05]
 
-1. generates ``datasets/synthetic`` if it is missing (about a minute on 2 cores),
+1. generates ``datasets/synthetic`` if it is missing (about a minute on 2 cores; a progress bar per split),
 2. writes a preview grid of validation images with their skeletons,
 3. simulates a pose estimator by jittering the validation ground truth (``--noise`` times the person size, twice
    that for occluded joints; a few people missed and a few false alarms in crowded images), writes the
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bupose.data.synthetic import DEFAULT_ROOT, ensure_synthetic, write_preview
+from bupose.data.synthetic import DEFAULT_ROOT, ensure_synthetic, progress_bars, write_preview
 from bupose.evaluation import KeypointEvaluator, format_metrics, save_results
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    root = ensure_synthetic(args.root)
+    root = ensure_synthetic(args.root, progress=progress_bars(Path(args.root).name))
     preview = write_preview(root, out / "preview.jpg")
     print(f"synthetic dataset: {root}; preview of val images: {preview}")
 

@@ -61,16 +61,17 @@ def build_dataset(name: str, root: str | Path = "datasets", split: str = "val",
 
 def prepare_dataset(cfg, split: str, **kwargs) -> CocoKeypointDataset | YoloPoseDataset:
     """The reader of ``cfg.DATASET.DATASET``'s ``split`` under ``cfg.DATASET.ROOT``; a synthetic dataset is
-    generated on first use. ``kwargs`` go to the reader (e.g. ``min_people=1`` for training); a COCO-format reader
-    also gets ``allow_keypoint_order`` from ``DATASET.ALLOW_KEYPOINT_ORDER``."""
+    generated on first use (with a progress bar per split on stderr). ``kwargs`` go to the reader (e.g.
+    ``min_people=1`` for training); a COCO-format reader also gets ``allow_keypoint_order`` from
+    ``DATASET.ALLOW_KEYPOINT_ORDER``."""
     name = cfg.DATASET.DATASET
     entry = dataset_entry(name)
     if entry.synthetic is not None:
-        from .synthetic import ensure_synthetic
+        from .synthetic import ensure_synthetic, progress_bars
 
         folder, preset = entry.synthetic
         ensure_synthetic(Path(cfg.DATASET.ROOT) / folder, cfg.DATASET.SYNTHETIC_TRAIN_IMAGES,
-                         cfg.DATASET.SYNTHETIC_VAL_IMAGES, seed=0, preset=preset)
+                         cfg.DATASET.SYNTHETIC_VAL_IMAGES, seed=0, progress=progress_bars(folder), preset=preset)
     if entry.reader != "yolo":  # only COCO-format files name their keypoints
         kwargs.setdefault("allow_keypoint_order", cfg.DATASET.get("ALLOW_KEYPOINT_ORDER", False))
     return build_dataset(name, cfg.DATASET.ROOT, split, on_error=cfg.DATASET.ON_ERROR, **kwargs)

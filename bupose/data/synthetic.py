@@ -1186,6 +1186,23 @@ def is_up_to_date(root: str | os.PathLike, num_train: int = 1600, num_val: int =
     return True
 
 
+def progress_bars(name: str = "") -> Callable[[str, int, int], None]:
+    """A ``progress(split, done, total)`` for :func:`generate_dataset` / :func:`ensure_synthetic`: one tqdm bar per
+    split on stderr, labelled ``generating <name> <split>``."""
+    from tqdm import tqdm
+
+    bars: dict = {}
+
+    def progress(split: str, done: int, total: int) -> None:
+        if split not in bars:
+            bars[split] = tqdm(total=total, desc=" ".join(filter(None, ("generating", name, split))), unit="img")
+        bars[split].update(done - bars[split].n)
+        if done == total:
+            bars[split].close()
+
+    return progress
+
+
 def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, num_train: int = 1600, num_val: int = 400,
                      seed: int = 0, workers: int = 2, progress: Callable[[str, int, int], None] | None = None,
                      preset: str = "crowds") -> Path:

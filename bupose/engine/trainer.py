@@ -371,7 +371,9 @@ class Trainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.output_dir / "config.yaml")
         writer = _tensorboard(self.output_dir) if self.rank == 0 else None
+        epoch_seconds = []  # the epochs timed in this process (not those of a run this one resumed)
         for epoch in range(self.start_epoch, cfg.TRAIN.END_EPOCH):
+            t0 = time.perf_counter()
             row = self.train_epoch(epoch)
             self._check_before_saving(epoch)  # every process: their states are equal, so all stop together
             last = epoch + 1 == cfg.TRAIN.END_EPOCH
@@ -390,8 +392,10 @@ class Trainer:
                     for k, v in row.items():
                         if k != "epoch":
                             writer.add_scalar(k, v, epoch + 1)
-                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                             if k != "epoch"))
+                epoch_seconds.append(time.perf_counter() - t0)
+                log.info("epoch %d/%d: %s%s", epoch + 1, cfg.TRAIN.END_EPOCH,
+                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+                         _eta(epoch_seconds, cfg.TRAIN.END_EPOCH - epoch - 1))
             if self.distributed:
                 dist.barrier()
             self.last_checkpoint = (self.output_dir / "checkpoint.pth", epoch + 1)
@@ -429,9 +433,23 @@ def _append_csv(path: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
+def _eta(epoch_seconds: list[float], epochs_left: int) -> str:
+    """``"; ETA h:mm:ss for N more epochs"``: the mean of ``epoch_seconds`` (training, validation, saving) times
+    ``epochs_left``; empty after the last epoch."""
+    if epochs_left <= 0 or not epoch_seconds:
+        return ""
+    seconds = round(sum(epoch_seconds) / len(epoch_seconds) * epochs_left)
+    return f"; ETA {seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d} for {epochs_left} more " \
+           f"epoch{'s' if epochs_left > 1 else ''}"
+
+
 def _tensorboard(output_dir: Path):
+    """A SummaryWriter on ``output_dir/tensorboard``, or None (said once in the log) without the tensorboard
+    package: the numbers are in ``metrics.csv`` either way."""
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: CSV only
+    except ImportError:
+        log.info("TensorBoard logging is off (no tensorboard package; `pip install tensorboard` for curves in %s); "
+                 "metrics.csv has every epoch's numbers", output_dir / "tensorboard")
         return None
     return SummaryWriter(str(output_dir / "tensorboard"))
