@@ -237,7 +237,7 @@ def test_gau_options_outside_rtmpose_are_refused_and_drop_path_trains():
 @pytest.fixture(scope="module")
 def rtmpose_yaml(synthetic_root):
     path = synthetic_root / "rtmpose_tiny_test.yaml"
-    path.write_text(tiny_synthetic_header(synthetic_root, "topdown_rtmpose_tiny_128x96.yaml") + """\
+    path.write_text(tiny_synthetic_header(synthetic_root, "topdown_rtmpose_tiny_256x192.yaml") + """\
 TRAIN:
   END_EPOCH: 1
   IMAGES_PER_GPU: 4
@@ -249,14 +249,14 @@ def test_the_method_trains_one_step(rtmpose_yaml):
     torch.manual_seed(0)
     method = build_method(load_config(rtmpose_yaml))
     assert isinstance(method, TopDownCSPNeXtMethod) and method_class("topdown_cspnext") is TopDownCSPNeXtMethod
-    assert method.codec.sigma.tolist() == [2.45, 2.83] and not method.codec.normalize and method.decoder().simcc
+    assert method.codec.sigma.tolist() == [4.9, 5.66] and not method.codec.normalize and method.decoder().simcc
     loss_fn = method.loss_module()
     assert loss_fn.criterion.beta == 10.0 and loss_fn.criterion.label_softmax
     model = method.build_model().train()
     assert isinstance(model, TopDownCSPNeXt) and model.num_joints == 14
     data = method.train_dataset()
     batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in data[0]}
-    assert batch["image"].shape == (4, 3, 128, 96) and batch["keypoint_x_labels"].shape == (4, 14, 192)
+    assert batch["image"].shape == (4, 3, 256, 192) and batch["keypoint_x_labels"].shape == (4, 14, 384)
     out = loss_fn(model(batch["image"]), batch)
     assert torch.isfinite(out["loss"]) and out["loss"].item() > 0
     out["loss"].backward()
