@@ -208,6 +208,10 @@ SCHEMA: tuple[Option, ...] = (
     _opt("TRAIN.SHUFFLE", True, "shuffle the training set every epoch"),
     _opt("TRAIN.AUTO_RESUME", True, "continue from OUTPUT_DIR's last checkpoint when there is one"),
     _opt("TRAIN.VAL_FREQ", 10, "validate (and keep the best checkpoint) every this many epochs", **_NONNEG),
+    _opt("TRAIN.VAL_IMAGES", 0, "validation during training uses the first N test images (0: as tools/test.py, "
+         "DATASET.MAX_TEST_IMAGES)", **_NONNEG),
+    _opt("TRAIN.VAL_TTA", True, "validation during training with the config's test scales and flip (False: scale 1 "
+         "without flip, faster)"),
     _opt("TRAIN.CLIP_GRAD", 0.0, "clip the gradient norm to this value (0: no clipping)", **_NONNEG),
     _opt("TRAIN.AMP", True, "automatic mixed precision on CUDA"),
     _opt("TRAIN.SYNC_BN", False, "synchronised batch norm across processes (CUDA DDP only)"),

@@ -756,3 +756,25 @@ def test_overfitting_four_images_reaches_a_high_ap_and_mirrored_images_give_mirr
     assert np.median(median_errors) < 4, np.round(median_errors, 1)
     assert np.mean(oks_unswapped) < np.mean(oks_all) - 0.2, (np.round(oks_unswapped, 2), np.round(oks_all, 2))
     assert np.mean(oks_all) > 0.7, np.round(oks_all, 2)
+
+
+def test_quick_validation_during_training_takes_one_plain_pass_on_the_first_images(tiny_cfg, tmp_path, monkeypatch):
+    import bupose.engine.evaluate as evaluate
+
+    seen = {}
+
+    def fake_evaluate_split(cfg, model, split, out_file=None, progress=True, limit=0):
+        seen.update(scales=list(cfg.TEST.SCALE_FACTOR), flip=cfg.TEST.FLIP_TEST, limit=limit, out=out_file)
+        return {"AP": 0.5}
+
+    monkeypatch.setattr(evaluate, "evaluate_split", fake_evaluate_split)
+    cfg = tiny_cfg("TRAIN.VAL_IMAGES", 3, "TRAIN.VAL_TTA", False, "TEST.SCALE_FACTOR", "[1.0, 1.25]",
+                   "TEST.FLIP_TEST", True)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.validate(0) == {"AP": 0.5}
+    assert seen["scales"] == [1.0] and seen["flip"] is False and seen["limit"] == 3
+    assert cfg.TEST.SCALE_FACTOR == [1.0, 1.25] and cfg.TEST.FLIP_TEST  # the run's config is not changed
+    full = Trainer(tiny_cfg("TEST.SCALE_FACTOR", "[1.0, 1.25]", "TEST.FLIP_TEST", True, "DATASET.MAX_TEST_IMAGES", 5),
+                   tmp_path / "run2", progress=False)
+    full.validate(1)
+    assert seen["scales"] == [1.0, 1.25] and seen["flip"] is True and seen["limit"] == 5

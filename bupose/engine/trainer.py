@@ -15,6 +15,7 @@ in the weights, buffers, EMA or optimizer state, or a weight above :data:`EXPLOD
 """
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import math
@@ -360,10 +361,14 @@ class Trainer:
     def validate(self, epoch: int) -> dict[str, float]:
         from bupose.engine.evaluate import evaluate_split
 
-        out = self.output_dir / "results" / f"{self.cfg.DATASET.TEST_SET}_epoch{epoch + 1}.json"
+        cfg = self.cfg
+        if not cfg.TRAIN.VAL_TTA:  # the quick check: one plain pass per image
+            cfg = copy.deepcopy(cfg)
+            cfg.TEST.SCALE_FACTOR, cfg.TEST.FLIP_TEST = [1.0], False
+        out = self.output_dir / "results" / f"{cfg.DATASET.TEST_SET}_epoch{epoch + 1}.json"
         model = self.ema.module if self.ema is not None else self.model
-        return evaluate_split(self.cfg, model, self.cfg.DATASET.TEST_SET, out, progress=self.progress,
-                              limit=self.cfg.DATASET.MAX_TEST_IMAGES)
+        return evaluate_split(cfg, model, cfg.DATASET.TEST_SET, out, progress=self.progress,
+                              limit=cfg.TRAIN.VAL_IMAGES or cfg.DATASET.MAX_TEST_IMAGES)
 
     def train(self) -> list[dict]:
         cfg = self.cfg
