@@ -187,7 +187,8 @@ def load_official(model: nn.Module, checkpoint) -> nn.Module:
 
 
 def load_pretrained_backbone(model: nn.Module, checkpoint, pretrained_layers: Sequence[str] | None = None, *,
-                             name_of=None, what: str = "ImageNet weights") -> dict[str, list[str]]:
+                             name_of=None, what: str = "ImageNet weights", prepare=None,
+                             required=None) -> dict[str, list[str]]:
     """Load ImageNet weights (``MODEL.PRETRAINED``: torchvision's ``resnet50-19c8e357.pth``, the official
     ``hrnet_w32-36af842e.pth``; flat or ``backbone.``-prefixed names) into ``model.backbone``, as the official
     ``init_weights``: the entries whose first name component is in ``pretrained_layers`` (default: the model's
@@ -201,10 +202,15 @@ def load_pretrained_backbone(model: nn.Module, checkpoint, pretrained_layers: Se
 
     A file with ``backbone.``-prefixed entries gives only those (mmpose's ``Pretrained`` init with
     ``prefix='backbone.'``: a whole pose model's head is not used). ``name_of(state_dict) -> str`` names a backbone
-    in the messages (default: HRNet / ResNet names), ``what`` the kind of file."""
+    in the messages (default: HRNet / ResNet names), ``what`` the kind of file. ``prepare(state_dict) -> state_dict``
+    maps the file's backbone entries onto the model's names (e.g. renames, resized position embeddings);
+    ``required(key) -> bool`` says which model entries must be in the file (default: all but BN counters)."""
     sd = plain_state_dict(checkpoint)
     if any(k.startswith("backbone.") for k in sd):
         sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    if prepare is not None:
+        sd = prepare(sd)
+    required = required or (lambda k: not k.endswith("num_batches_tracked"))
     layers = tuple(pretrained_layers if pretrained_layers is not None else getattr(model, "pretrained_layers", "*"))
     backbone = model.backbone
     ours = backbone.state_dict()
@@ -220,9 +226,9 @@ def load_pretrained_backbone(model: nn.Module, checkpoint, pretrained_layers: Se
     if bad:
         raise CheckpointError(f"{what}; {len(bad)} shape mismatches: " + "; ".join(bad[:3]))
     missing = [k for k in ours if taken(k) and k not in loaded]
-    absent = [k for k in missing if not k.endswith("num_batches_tracked")]
+    absent = [k for k in missing if required(k)]
     if not loaded or absent:
-        raise CheckpointError(f"{what}; backbone entries not in the checkpoint: {shorten_keys(absent)}; "
+        raise CheckpointError(f"{what}; backbone entries not in the checkpoint: {shorten_keys(absent or missing)}; "
                               f"its keys: {shorten_keys(sd, 5)}")
     backbone.load_state_dict(loaded, strict=False)
     return {"loaded": sorted(loaded), "missing": sorted(missing), "unused": sorted(set(sd) - set(loaded))}

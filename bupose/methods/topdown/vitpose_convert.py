@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from bupose.engine.checkpoint import check_same_architecture, plain_state_dict, shorten_keys
 from bupose.errors import CheckpointError
+from bupose.methods.topdown.convert import load_pretrained_backbone
 from bupose.models.backbones.vit import resize_pos_embed
 
 log = logging.getLogger("bupose")
@@ -236,32 +237,14 @@ def load_pretrained_vit(model: nn.Module, checkpoint,
     Raises CheckpointError when a taken entry has another shape (another width, MLP or patch size), when a block of
     the model is absent (another depth), or when nothing fits. Returns ``{"loaded", "missing", "unused"}`` key
     lists (``missing``: backbone entries left as initialised)."""
-    sd = plain_state_dict(checkpoint)
-    if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
-    mmpretrain = is_mmpretrain(sd)
-    if mmpretrain:
-        sd = from_mmpretrain(sd)
-    backbone = model.backbone
-    ours = backbone.state_dict()
-    if "pos_embed" in sd:
-        sd["pos_embed"] = pos_to_model(sd["pos_embed"], backbone.grid, None if mmpretrain else True,
-                                       "MODEL.PRETRAINED")
-    layers = tuple(pretrained_layers if pretrained_layers is not None else getattr(model, "pretrained_layers", "*"))
+    grid = model.backbone.grid
 
-    def taken(k: str) -> bool:
-        return "*" in layers or k.split(".")[0] in layers
+    def prepare(sd: dict) -> dict:
+        mmpretrain = is_mmpretrain(sd)
+        sd = from_mmpretrain(sd) if mmpretrain else dict(sd)
+        if "pos_embed" in sd:
+            sd["pos_embed"] = pos_to_model(sd["pos_embed"], grid, None if mmpretrain else True, "MODEL.PRETRAINED")
+        return sd
 
-    loaded = {k: v for k, v in sd.items() if taken(k) and k in ours}
-    what = f"ViT weights: backbone is {vit_name(sd, '')} in the checkpoint, the model is {vit_name(ours, '')}"
-    bad = [f"{k}: checkpoint {tuple(v.shape)}, model {tuple(ours[k].shape)}" for k, v in loaded.items()
-           if v.shape != ours[k].shape]
-    if bad:
-        raise CheckpointError(f"{what}; {len(bad)} shape mismatches: " + "; ".join(bad[:3]))
-    missing = [k for k in ours if taken(k) and k not in loaded]
-    absent = [k for k in missing if k.startswith("blocks.")]
-    if not loaded or absent:
-        raise CheckpointError(f"{what}; backbone entries not in the checkpoint: {shorten_keys(absent or missing)}; "
-                              f"its keys: {shorten_keys(sd, 5)}")
-    backbone.load_state_dict(loaded, strict=False)
-    return {"loaded": sorted(loaded), "missing": sorted(missing), "unused": sorted(set(sd) - set(loaded))}
+    return load_pretrained_backbone(model, checkpoint, pretrained_layers, what="ViT weights", prepare=prepare,
+                                    name_of=lambda sd: vit_name(sd, ""), required=lambda k: k.startswith("blocks."))
