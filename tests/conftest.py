@@ -138,6 +138,47 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def run_python(*args, timeout: float = 300):
+    """``python args...`` from the repo root in :func:`subprocess_env`, output captured as text."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def train_and_test_tiny_topdown(yaml: Path, out: Path, overrides) -> list[dict]:
+    """tools/train.py on 8 training images, then tools/test.py on 2 validation images with flip and scales 1, 1.25,
+    both with ``overrides``; asserts that both succeed, that the weights are written and that the test prints the
+    metrics; returns the results file's people (each must have 14 keypoints)."""
+    import json
+
+    proc = run_python(REPO / "tools" / "train.py", "--cfg", yaml, "--output-dir", out, *overrides,
+                      "DATASET.MAX_TRAIN_IMAGES", 8)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "final_state.pth").is_file()
+    proc = run_python(REPO / "tools" / "test.py", "--cfg", yaml, "--output-dir", out, *overrides,
+                      "DATASET.MAX_TEST_IMAGES", 2, "TEST.FLIP_TEST", "true", "TEST.SCALE_FACTOR", "[1.0,1.25]")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(line.startswith("| AP") for line in proc.stdout.splitlines())
+    results = json.loads((out / "results" / "val_results.json").read_text())
+    assert results and all(len(r["keypoints"]) == 14 * 3 for r in results)
+    return results
+
+
+def optimise(model, loss_fn, batch: dict, optimizer, steps: int) -> list[float]:
+    """``steps`` optimiser steps of ``model`` (train mode) on one fixed ``batch``; the loss of each step."""
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model(batch["image"]), batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 # --- tiny top-down runs on the same synthetic dataset -----------------------------------------------------------
 def people_in_two_boxes(seed: int = 0, k: int = 5):
     """Two person boxes ``[x, y, w, h]`` ``(2, 4)`` and ``(2, k, 2)`` random keypoints inside them (5 px margin)."""

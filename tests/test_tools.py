@@ -5,19 +5,17 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from bupose.evaluation import CROWDPOSE_METRICS
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, run_python
 
 
 def _run(*args, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return run_python(*args, timeout=timeout)
 
 
 def _tool(name: str):

@@ -225,7 +225,7 @@ def test_decoder_flip_averages_flipped_back_coordinates():
 
 
 # --- method, training set, tools -----------------------------------------------------------------------------------
-from conftest import REPO, subprocess_env  # noqa: E402
+from conftest import train_and_test_tiny_topdown  # noqa: E402
 
 from bupose.config import load_config  # noqa: E402
 from bupose.errors import ConfigError  # noqa: E402
@@ -250,31 +250,12 @@ def test_the_method_maps_a_regression_codec(tiny_topdown_yaml):
         build_method(load_config(tiny_topdown_yaml, RLE + ["LOSS.USE_OHKM", "true"]))
 
 
-def _run(*args, timeout=300):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_train_and_test_tools_run_an_rle_experiment(tiny_topdown_yaml, tmp_path):
     """tools/train.py (2 epochs on the tiny synthetic set) and tools/test.py (flip, two scales) with RLE; the
     trained flow is in the checkpoint."""
-    import json
-
     out = tmp_path / "run"
-    proc = _run(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, *RLE,
-                "DATASET.MAX_TRAIN_IMAGES", 8)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (out / "final_state.pth").is_file()
+    train_and_test_tiny_topdown(tiny_topdown_yaml, out, RLE)
     state = torch.load(out / "final_state.pth", map_location="cpu", weights_only=False)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     assert any(k.endswith("loss_module.flow_model.s.0.0.weight") for k in state)
-    proc = _run(REPO / "tools" / "test.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, *RLE,
-                "DATASET.MAX_TEST_IMAGES", 2, "TEST.FLIP_TEST", "true", "TEST.SCALE_FACTOR", "[1.0,1.25]")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert any(line.startswith("| AP") for line in proc.stdout.splitlines())
-    results = json.loads((out / "results" / "val_results.json").read_text())
-    assert results and all(len(r["keypoints"]) == 14 * 3 for r in results)

@@ -23,7 +23,7 @@ from bupose.methods.topdown.rtmcc import RTMCCBlock, RTMCCHead
 from bupose.methods.topdown.rtmpose import (LOSS_BETA, LOSS_LABEL_SOFTMAX, TopDownCSPNeXt, TopDownCSPNeXtMethod,
                                             load_pretrained_cspnext)
 
-from conftest import TINY_TOPDOWN_HRNET, tiny_synthetic_header  # noqa: E402
+from conftest import TINY_TOPDOWN_HRNET, optimise, tiny_synthetic_header  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,12 +280,6 @@ def test_the_tiny_rtmpose_overfits_a_few_crops(rtmpose_yaml):
     data = method.train_dataset()
     batch = {k: torch.stack([data[i][k] for i in range(8)]) for k in data[0]}
     model, loss_fn = method.build_model().train(), method.loss_module()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(40):
-        loss = loss_fn(model(batch["image"]), batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = optimise(model, loss_fn, batch, torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0),
+                      steps=40)
     assert losses[-1] < losses[0] / 3, losses[::5]

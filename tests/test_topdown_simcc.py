@@ -197,7 +197,7 @@ def test_decoder_flip_averages_flipped_back_vectors():
 
 
 # --- method, training set, tools -----------------------------------------------------------------------------------
-from conftest import REPO, subprocess_env  # noqa: E402
+from conftest import REPO, optimise, train_and_test_tiny_topdown  # noqa: E402
 
 from bupose.config import load_config  # noqa: E402
 from bupose.errors import ConfigError  # noqa: E402
@@ -220,30 +220,10 @@ def test_the_method_maps_a_simcc_codec(tiny_topdown_yaml):
     assert build_method(load_config(base)).codec.sigma.tolist() == [3.0, 3.0]
 
 
-def _run(*args, timeout=300):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_train_and_test_tools_run_a_simcc_experiment(tiny_topdown_yaml, tmp_path):
     """tools/train.py (2 epochs on the tiny synthetic set) and tools/test.py (flip, two scales) with a SimCC codec."""
-    import json
-
-    out = tmp_path / "run"
-    proc = _run(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, *SIMCC,
-                "DATASET.MAX_TRAIN_IMAGES", 8)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (out / "final_state.pth").is_file()
-    proc = _run(REPO / "tools" / "test.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, *SIMCC,
-                "DATASET.MAX_TEST_IMAGES", 2, "TEST.FLIP_TEST", "true", "TEST.SCALE_FACTOR", "[1.0,1.25]")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert any(line.startswith("| AP") for line in proc.stdout.splitlines())
-    results = json.loads((out / "results" / "val_results.json").read_text())
-    assert results and all(len(r["keypoints"]) == 14 * 3 for r in results)
+    train_and_test_tiny_topdown(tiny_topdown_yaml, tmp_path / "run", SIMCC)
 
 
 @pytest.mark.slow
@@ -256,14 +236,7 @@ def test_a_simcc_model_overfits_a_few_crops(tiny_topdown_yaml):
     data = method.train_dataset()
     batch = {k: torch.stack([data[i][k] for i in range(8)]) for k in data[0]}
     model, loss_fn = method.build_model().train(), method.loss_module()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(80):
-        loss = loss_fn(model(batch["image"]), batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = optimise(model, loss_fn, batch, torch.optim.Adam(model.parameters(), lr=3e-3), steps=80)
     assert losses[-1] < losses[0] / 3, losses[::10]
     model.eval()
     with torch.no_grad():

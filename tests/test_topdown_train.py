@@ -281,7 +281,7 @@ def test_bgr_input_reverses_the_channels():
 
 
 # --- the method and the experiment files -----------------------------------------------------------------------
-from conftest import REPO, subprocess_env  # noqa: E402
+from conftest import REPO, run_python  # noqa: E402
 
 from bupose.config import load_config  # noqa: E402
 from bupose.errors import ConfigError  # noqa: E402
@@ -402,14 +402,6 @@ def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tiny_topdown_y
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _run(*args, timeout=300):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=subprocess_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def test_train_and_test_tools_run_a_topdown_experiment(tiny_topdown_yaml, tmp_path):
     """tools/train.py (one epoch, validated on 3 images with ground-truth boxes), tools/test.py on its weights, and
     --resume into a second epoch."""
@@ -418,12 +410,12 @@ def test_train_and_test_tools_run_a_topdown_experiment(tiny_topdown_yaml, tmp_pa
     from bupose.evaluation import CROWDPOSE_METRICS
 
     out = tmp_path / "run"
-    proc = _run(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, "TRAIN.END_EPOCH", 1,
+    proc = run_python(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", out, "TRAIN.END_EPOCH", 1,
                 "TRAIN.VAL_FREQ", 1, "DATASET.MAX_TEST_IMAGES", 3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name in ("checkpoint.pth", "model_best.pth", "final_state.pth", "metrics.csv", "results/val_epoch1.json"):
         assert (out / name).is_file(), name
-    proc = _run(REPO / "tools" / "test.py", "--cfg", tiny_topdown_yaml, "--output-dir", out,
+    proc = run_python(REPO / "tools" / "test.py", "--cfg", tiny_topdown_yaml, "--output-dir", out,
                 "DATASET.MAX_TEST_IMAGES", 2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| AP"))
@@ -431,7 +423,7 @@ def test_train_and_test_tools_run_a_topdown_experiment(tiny_topdown_yaml, tmp_pa
     results = json.loads((out / "results" / "val_results.json").read_text())
     assert results and len({r["image_id"] for r in results}) <= 2  # DATASET.MAX_TEST_IMAGES
     assert all(len(r["keypoints"]) == 14 * 3 for r in results)
-    proc = _run(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", tmp_path / "more",
+    proc = run_python(REPO / "tools" / "train.py", "--cfg", tiny_topdown_yaml, "--output-dir", tmp_path / "more",
                 "--resume", out / "checkpoint.pth", "TRAIN.END_EPOCH", 2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"resumed from {out / 'checkpoint.pth'} at epoch 1" in proc.stderr
