@@ -17,17 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bupose.config import add_override_arguments, load_config, parse_tool_args  # noqa: E402
-from bupose.errors import BuposeError, CheckpointError  # noqa: E402
-
-
-def find_weights(cfg, output_dir: Path) -> Path:
-    if cfg.TEST.MODEL_FILE:
-        return Path(cfg.TEST.MODEL_FILE)
-    for name in ("model_best.pth", "final_state.pth", "checkpoint.pth"):
-        if (output_dir / name).is_file():
-            return output_dir / name
-    raise CheckpointError(f"no TEST.MODEL_FILE given and no model_best.pth / final_state.pth / checkpoint.pth in "
-                          f"{output_dir}; train first or pass TEST.MODEL_FILE path/to/weights.pth")
+from bupose.errors import BuposeError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +39,7 @@ def main(argv=None) -> int:
         from bupose.engine.trainer import default_output_dir
         from bupose.engine.checkpoint import ensure_writable_folder
         from bupose.evaluation import format_metrics
+        from bupose.inference.predictor import find_weights
 
         cfg = load_config(args.cfg, args.opts)
         out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(cfg)

@@ -39,16 +39,16 @@ def _check_cuda_visible(device: torch.device, name: str) -> None:
         raise ConfigError(f"DEVICE is {name!r} but torch sees {count} CUDA GPU(s): cuda:0 .. cuda:{count - 1}")
 
 
-def find_weights(cfg) -> Path:
+def find_weights(cfg, run: str | Path | None = None) -> Path:
     """The weights a tool uses for ``cfg``: ``TEST.MODEL_FILE``, else the run's own ``model_best.pth``, else
-    ``final_state.pth``, else ``checkpoint.pth`` in ``OUTPUT_DIR/<dataset>/<config name>/``; CheckpointError when
-    there is none."""
+    ``final_state.pth``, else ``checkpoint.pth`` in ``run`` (default ``OUTPUT_DIR/<dataset>/<config name>/``);
+    CheckpointError when there is none."""
     from bupose.engine.trainer import default_output_dir
     from bupose.errors import CheckpointError
 
     if cfg.TEST.MODEL_FILE:
         return Path(cfg.TEST.MODEL_FILE)
-    run = default_output_dir(cfg)
+    run = Path(run) if run is not None else default_output_dir(cfg)
     for name in ("model_best.pth", "final_state.pth", "checkpoint.pth"):
         if (run / name).is_file():
             return run / name
