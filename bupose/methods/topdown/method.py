@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-from bupose.codecs import RegressionLabel, SimCCLabel, UDPHeatmap, build_codec
+from bupose.codecs import IntegralRegressionLabel, RegressionLabel, SimCCLabel, UDPHeatmap, build_codec
 from bupose.errors import ConfigError
 from bupose.methods.base import keypoint_spec
 from bupose.methods.topdown.convert import HRNET_SIGNATURE_KEYS, RESNET_SIGNATURE_KEYS
@@ -89,7 +89,7 @@ class TopDownMethod:
             raise ConfigError(f"MODEL.HEATMAP_SIZE {[hw, hh]} must be MODEL.IMAGE_SIZE {[w, h]} / {MODEL_STRIDE} "
                               f"(the models' output stride)")
         self.codec = build_codec(codec_config(cfg))
-        if type(self.codec).__name__ == "IntegralRegressionLabel":
+        if isinstance(self.codec, IntegralRegressionLabel):
             raise ConfigError("MODEL.CODEC IntegralRegressionLabel: bupose has this codec (targets and decoding, equal "
                               "to mmpose's) but no integral-regression (DSNT / IPR) head to train with it; use "
                               "MSRAHeatmap, UDPHeatmap, SimCCLabel or RegressionLabel")
