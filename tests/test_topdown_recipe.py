@@ -82,3 +82,11 @@ def test_the_config_maps_onto_the_two_stages_and_refuses_half_a_switch():
         load_config(None, ["DATASET.STAGE2", "{SCALE_FACTR: 0.2}"])
     with pytest.raises(ConfigError, match="DATASET.DROPOUT_PROB"):
         load_config(None, ["DATASET.STAGE2", "{DROPOUT_PROB: 2}"])
+
+
+def test_the_config_accepts_exactly_the_keys_the_training_set_can_switch():
+    from bupose.config import NESTED_KEYS
+    from bupose.methods.topdown.train_data import STAGE_KEYS, TopDownTrainingSet
+
+    assert NESTED_KEYS["DATASET.STAGE2"] == ("DATASET", tuple(STAGE_KEYS))
+    assert TopDownTrainingSet.STAGE_ATTRIBUTES == tuple(STAGE_KEYS.values())

@@ -21,7 +21,7 @@ from bupose.methods.base import keypoint_spec
 from bupose.methods.topdown.convert import HRNET_SIGNATURE_KEYS, RESNET_SIGNATURE_KEYS
 from bupose.methods.topdown.loss import (KeypointMSELoss, KeypointOHKMMSELoss, KLDiscretLoss, TopDownHeatmapLoss,
                                         TopDownRLELoss, TopDownSimCCLoss)
-from bupose.methods.topdown.train_data import TopDownTrainingSet
+from bupose.methods.topdown.train_data import STAGE_KEYS, TopDownTrainingSet
 
 log = logging.getLogger("bupose")
 
@@ -47,12 +47,6 @@ def codec_config(cfg) -> dict:
     return codec
 
 
-#: DATASET.STAGE2 keys -> TopDownTrainingSet attributes
-STAGE2_ATTRIBUTES = {"SCALE_FACTOR": "scale_factor", "ROT_FACTOR": "rotation_factor", "SHIFT_FACTOR": "shift_factor",
-                     "SHIFT_PROB": "shift_prob", "DROPOUT_PROB": "dropout_prob", "PROB_HALF_BODY": "half_body_prob",
-                     "FLIP": "flip_prob"}
-
-
 def two_stages(cfg) -> tuple[int | None, dict]:
     """``(first epoch of the second stage, its training-set attributes)`` from ``TRAIN.STAGE2_EPOCHS`` and
     ``DATASET.STAGE2`` (RTMPose's switch ``stage2_num_epochs`` before the end); ``(None, {})`` for one stage."""
@@ -68,7 +62,7 @@ def two_stages(cfg) -> tuple[int | None, dict]:
         log.warning("TRAIN.STAGE2_EPOCHS %d is not below TRAIN.END_EPOCH %d: the run trains with the first stage's "
                     "augmentation only", n, cfg.TRAIN.END_EPOCH)
         return None, {}
-    return cfg.TRAIN.END_EPOCH - n, {STAGE2_ATTRIBUTES[k]: v for k, v in stage2.items()}
+    return cfg.TRAIN.END_EPOCH - n, {STAGE_KEYS[k]: v for k, v in stage2.items()}
 
 
 class TopDownMethod:

@@ -81,6 +81,12 @@ def half_body_box(keypoints: np.ndarray, spec: KeypointSpec, aspect_ratio: float
     return center.astype(np.float64), np.array([w, h], np.float64) * HALF_BODY_PADDING
 
 
+#: the DATASET keys of a second augmentation stage (``DATASET.STAGE2``) -> the training-set attributes they set
+STAGE_KEYS = {"SCALE_FACTOR": "scale_factor", "ROT_FACTOR": "rotation_factor", "SHIFT_FACTOR": "shift_factor",
+              "SHIFT_PROB": "shift_prob", "DROPOUT_PROB": "dropout_prob", "PROB_HALF_BODY": "half_body_prob",
+              "FLIP": "flip_prob"}
+
+
 def truncated_normal(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` draws of a standard normal truncated to [-1, 1] (by rejection; scipy's ``truncnorm(-1, 1)`` law)."""
     out = np.empty(n)
@@ -127,9 +133,8 @@ class TopDownTrainingSet(SeededTrainingSet):
         seed, limit: see :class:`~bupose.methods.base.SeededTrainingSet` (``limit`` counts images).
     """
 
-    #: the attributes a second stage may change
-    STAGE_ATTRIBUTES = ("scale_factor", "rotation_factor", "shift_factor", "shift_prob", "dropout_prob",
-                        "half_body_prob", "flip_prob")
+    #: the attributes a second stage may change (the values of :data:`STAGE_KEYS`)
+    STAGE_ATTRIBUTES = tuple(STAGE_KEYS.values())
 
     def __init__(self, reader, *, spec: KeypointSpec, codec, udp: bool = False, scale_factor: float = 0.35,
                  rotation_factor: float = 45.0, rotation_prob: float = 0.6, flip_prob: float = 0.5,
